@@ -1,0 +1,167 @@
+//! The `wharf` command line: `serve` and `cargo-config`. Flags read `WHARF_*` environment
+//! variables too; the rest of the settings come from proxy.toml (see `config`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LogFormat, Overrides};
+use crate::policy::Clock;
+
+#[derive(Parser, Debug)]
+#[command(name = "wharf", version, about = "A caching proxy and mirror of the crates.io sparse registry")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Config file (default: ./proxy.toml when present).
+    #[arg(long, env = "WHARF_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// URL clients use to reach wharf (default: http://<listen address>).
+    #[arg(long, env = "WHARF_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the mirror.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
+        #[arg(long, env = "WHARF_LISTEN")]
+        listen: Option<String>,
+        /// Where cached data lives (default ./data).
+        #[arg(long, env = "WHARF_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Never contact the upstream; serve only what is cached.
+        #[arg(long, env = "WHARF_OFFLINE")]
+        offline: bool,
+        /// Upstream sparse index: "crates-io" or a URL.
+        #[arg(long, env = "WHARF_UPSTREAM")]
+        upstream: Option<String>,
+        #[arg(long, env = "WHARF_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Print the .cargo/config.toml that points cargo at this wharf.
+    CargoConfig {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            data_dir,
+            offline,
+            upstream,
+            log_format,
+        } => {
+            let file = config::load_file(common.config.as_deref())?;
+            let cfg = config::resolve(
+                file,
+                Overrides {
+                    listen,
+                    public_url: common.public_url,
+                    data_dir,
+                    offline,
+                    upstream,
+                    log_format,
+                },
+            )?;
+            init_tracing(cfg.log_format);
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(serve(cfg))
+        }
+        Command::CargoConfig { common } => {
+            let file = config::load_file(common.config.as_deref())?;
+            let cfg = config::resolve(
+                file,
+                Overrides {
+                    public_url: common.public_url,
+                    ..Default::default()
+                },
+            )?;
+            let url = cfg
+                .public_url
+                .unwrap_or_else(|| format!("http://{}", cfg.listen));
+            print!("{}", cargo_config(&url));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    let running = crate::start(&cfg, Clock::system()).await?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        upstream = %cfg.upstream.index_url,
+        offline = cfg.offline,
+        "listening on http://{}",
+        running.addr
+    );
+    tracing::info!(
+        "point cargo at it: `wharf cargo-config --public-url {}`",
+        running.public_url
+    );
+    shutdown_signal().await;
+    tracing::info!("signal received; draining");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// The `.cargo/config.toml` that replaces crates-io with this wharf's mirror.
+pub fn cargo_config(public_url: &str) -> String {
+    let url = public_url.trim_end_matches('/');
+    format!(
+        "# Generated by `wharf cargo-config`: put this in .cargo/config.toml\n\
+         # (of a project, or of $CARGO_HOME for every project).\n\
+         [source.crates-io]\n\
+         replace-with = \"wharf\"\n\
+         \n\
+         [source.wharf]\n\
+         registry = \"sparse+{url}/index/\"\n"
+    )
+}

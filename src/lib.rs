@@ -1,0 +1,127 @@
+//! wharf: a caching pull-through proxy of the crates.io sparse registry.
+//!
+//! # Layout
+//! - [`config`]: proxy.toml + env + flags, merged by a pure function.
+//! - [`index`]: the sparse-index protocol (paths, names, lines, templates); no I/O.
+//! - [`policy`]: index freshness rules and the injectable clock; no I/O.
+//! - [`record`]: versioned on-disk record format for cached index files.
+//! - [`store`]: bytes at rest behind the [`store::Store`] trait (local filesystem today).
+//! - [`upstream`]: the HTTP client for the upstream registry.
+//! - [`mirror`]: hot tier → store → upstream, coalescing, revalidation, verification.
+//! - [`server`]: HTTP routing and responses only.
+//! - [`cli`]: the `wharf` command line.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod mirror;
+pub mod policy;
+pub mod record;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::mirror::{Mirror, MirrorSettings};
+use crate::policy::Clock;
+use crate::store::FsStore;
+use crate::upstream::{Upstream, UpstreamSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamSetupError),
+}
+
+/// A wharf serving in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub app: Arc<server::App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, and waits for the server to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Binds, builds the mirror and starts serving. `clock` is `Clock::system()` outside tests.
+pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let up = &config.upstream;
+    let upstream = Upstream::new(UpstreamSettings {
+        index_url: up.index_url.clone(),
+        connect_timeout: up.connect_timeout,
+        timeout: up.timeout,
+        ca_file: up.ca_file.as_deref(),
+        max_body: up.max_body,
+    })?;
+    let mirror = Mirror::new(
+        Arc::new(FsStore::new(&config.data_dir)),
+        Arc::new(upstream),
+        clock,
+        MirrorSettings {
+            policy: config.cache.policy.clone(),
+            offline: config.offline,
+            hot_index_bytes: config.cache.hot_index_bytes,
+            hot_crate_bytes: config.cache.hot_crate_bytes,
+            hot_crate_max_item: config.cache.hot_crate_max_item,
+        },
+    );
+    let app = server::App::new(mirror, &public_url);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, app.clone(), async {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        public_url,
+        app,
+        shutdown: Some(tx),
+        task,
+    })
+}
