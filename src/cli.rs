@@ -10,7 +10,11 @@ use crate::config::{self, LogFormat, Overrides};
 use crate::policy::Clock;
 
 #[derive(Parser, Debug)]
-#[command(name = "wharf", version, about = "A caching proxy and mirror of the crates.io sparse registry")]
+#[command(
+    name = "wharf",
+    version,
+    about = "A caching proxy and mirror of the crates.io sparse registry"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -149,7 +149,11 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| e.to_string())
 }
 
-fn duration(key: &'static str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    key: &'static str,
+    v: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(&s).map_err(|e| ConfigError::Invalid {
@@ -316,14 +320,29 @@ mod tests {
         assert!(parse_file("[cache]\nindex_tll = \"1s\"").is_err());
         let bad = |t: &str| resolve(parse_file(t).unwrap(), Overrides::default()).unwrap_err();
         assert!(bad("listen = \"nowhere\"").to_string().contains("listen"));
-        assert!(bad("[cache]\nindex_ttl = \"soon\"").to_string().contains("index_ttl"));
-        assert!(bad("[upstream]\nindex = \"ftp://x\"").to_string().contains("upstream.index"));
-        assert!(bad("public_url = \"wharf:8080\"").to_string().contains("public_url"));
+        assert!(
+            bad("[cache]\nindex_ttl = \"soon\"")
+                .to_string()
+                .contains("index_ttl")
+        );
+        assert!(
+            bad("[upstream]\nindex = \"ftp://x\"")
+                .to_string()
+                .contains("upstream.index")
+        );
+        assert!(
+            bad("public_url = \"wharf:8080\"")
+                .to_string()
+                .contains("public_url")
+        );
     }
 
     #[test]
     fn offline_from_either_place() {
-        let c = resolve(parse_file("[upstream]\noffline = true").unwrap(), Overrides::default());
+        let c = resolve(
+            parse_file("[upstream]\noffline = true").unwrap(),
+            Overrides::default(),
+        );
         assert!(c.unwrap().offline);
         let c = resolve(
             FileConfig::default(),

@@ -194,9 +194,14 @@ impl Mirror {
         };
         match freshness {
             Freshness::Fresh => {
-                let stale = self.offline
-                    && self.policy.index(slot.checked_at, now) != Freshness::Fresh;
-                reply(name, &slot, if stale { CacheStatus::Stale } else { status }, false)
+                let stale =
+                    self.offline && self.policy.index(slot.checked_at, now) != Freshness::Fresh;
+                reply(
+                    name,
+                    &slot,
+                    if stale { CacheStatus::Stale } else { status },
+                    false,
+                )
             }
             Freshness::StaleWhileRevalidate => {
                 if self.policy.may_retry(slot.failed_at(), now) {
@@ -247,7 +252,9 @@ impl Mirror {
             Err(e) => warn!(error = %e, "store read failed; treating as a miss"),
         }
         if self.offline {
-            return Err(Error::NotCached(format!("the index file of crate `{name}`")));
+            return Err(Error::NotCached(format!(
+                "the index file of crate `{name}`"
+            )));
         }
         let fetched = self
             .upstream
@@ -333,7 +340,11 @@ impl Mirror {
         }
         let now = self.clock.now();
         if !self.policy.may_retry(slot.failed_at(), now) && slot.doc.is_some() {
-            return (slot.clone(), CacheStatus::Stale, Some(self.backoff_error(name)));
+            return (
+                slot.clone(),
+                CacheStatus::Stale,
+                Some(self.backoff_error(name)),
+            );
         }
         match self.refresh(name, &slot).await {
             Ok(new) => (new, CacheStatus::Revalidated, None),
@@ -354,7 +365,11 @@ impl Mirror {
         }
     }
 
-    async fn refresh(&self, name: &CrateName, slot: &Arc<IndexSlot>) -> Result<Arc<IndexSlot>, Error> {
+    async fn refresh(
+        &self,
+        name: &CrateName,
+        slot: &Arc<IndexSlot>,
+    ) -> Result<Arc<IndexSlot>, Error> {
         let doc = slot.doc.as_ref();
         let wrap = |source| Error::Upstream {
             what: format!("revalidating the index of `{name}`"),
@@ -433,7 +448,11 @@ impl Mirror {
         })
     }
 
-    async fn load_crate(self: &Arc<Self>, name: &CrateName, version: &str) -> Result<CachedCrate, Error> {
+    async fn load_crate(
+        self: &Arc<Self>,
+        name: &CrateName,
+        version: &str,
+    ) -> Result<CachedCrate, Error> {
         let key = Key::krate(name, version);
         match self.store.get(&key).await {
             Ok(Some(obj)) => {
@@ -446,7 +465,9 @@ impl Mirror {
             Err(e) => warn!(error = %e, "store read failed; treating as a miss"),
         }
         if self.offline {
-            return Err(Error::NotCached(format!("crate `{name}` version {version}")));
+            return Err(Error::NotCached(format!(
+                "crate `{name}` version {version}"
+            )));
         }
         let entry = self.version_entry(name, version).await?;
         let dl = self.upstream_dl().await?;
@@ -498,7 +519,11 @@ impl Mirror {
 
     /// The index line of `name` `version`: from the cached index when it lists the version
     /// (whatever its age: published versions never change checksum), else after revalidating.
-    async fn version_entry(self: &Arc<Self>, name: &CrateName, version: &str) -> Result<VersionEntry, Error> {
+    async fn version_entry(
+        self: &Arc<Self>,
+        name: &CrateName,
+        version: &str,
+    ) -> Result<VersionEntry, Error> {
         let find = |slot: &IndexSlot| {
             slot.doc
                 .as_ref()
@@ -508,7 +533,9 @@ impl Mirror {
         if let Some(v) = find(&slot) {
             return Ok(v);
         }
-        let (slot, err) = if loaded_now && slot.origin == Origin::Upstream {
+        let known_missing = slot.doc.is_none()
+            && self.policy.negative(slot.checked_at, self.clock.now()) == Freshness::Fresh;
+        let (slot, err) = if known_missing || (loaded_now && slot.origin == Origin::Upstream) {
             (slot, None)
         } else {
             let (slot, _, err) = self.revalidate(name, slot).await;
@@ -536,12 +563,11 @@ impl Mirror {
                 let key = Key::meta(UPSTREAM_CONFIG_KEY);
                 match self.upstream.fetch_config().await {
                     Ok(bytes) => {
-                        let dl = index::parse_upstream_config(&bytes).map_err(|e| {
-                            Error::Upstream {
+                        let dl =
+                            index::parse_upstream_config(&bytes).map_err(|e| Error::Upstream {
                                 what: "reading the upstream config.json".into(),
                                 source: UpstreamError::Transfer(e),
-                            }
-                        })?;
+                            })?;
                         if let Err(e) = self.store.put(&key, bytes).await {
                             warn!(error = %e, "could not persist upstream config.json");
                         }

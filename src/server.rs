@@ -228,7 +228,10 @@ fn conditional(
     let h = resp.headers_mut();
     h.insert(header::ETAG, etag);
     if let Some((status, failed)) = cache {
-        h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(status.as_str()));
+        h.insert(
+            CACHE_HEADER.clone(),
+            HeaderValue::from_static(status.as_str()),
+        );
         if status == CacheStatus::Stale {
             let w = if failed {
                 "111 - \"Revalidation Failed\""
@@ -253,7 +256,10 @@ fn crate_response(body: Bytes, status: CacheStatus) -> Response<Body> {
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
-    h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(status.as_str()));
+    h.insert(
+        CACHE_HEADER.clone(),
+        HeaderValue::from_static(status.as_str()),
+    );
     r
 }
 

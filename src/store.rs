@@ -4,8 +4,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -327,27 +327,45 @@ mod tests {
         let s = FsStore::new(dir.path());
         let k = Key::krate(&name("foo"), "1.0.0");
         assert!(s.get(&k).await.unwrap().is_none());
-        assert!(s.put_if_absent(&k, Bytes::from_static(b"one")).await.unwrap());
-        assert!(!s.put_if_absent(&k, Bytes::from_static(b"two")).await.unwrap());
+        assert!(
+            s.put_if_absent(&k, Bytes::from_static(b"one"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.put_if_absent(&k, Bytes::from_static(b"two"))
+                .await
+                .unwrap()
+        );
         let o = s.get(&k).await.unwrap().unwrap();
         assert_eq!(&o.bytes[..], b"one");
 
         // Conditional replace: wrong version refused, right version accepted.
-        assert!(!s.replace_if(&k, Some("nope"), Bytes::from_static(b"x")).await.unwrap());
-        assert!(!s.replace_if(&k, None, Bytes::from_static(b"x")).await.unwrap());
-        assert!(s.replace_if(&k, Some(&o.version), Bytes::from_static(b"three!")).await.unwrap());
+        assert!(
+            !s.replace_if(&k, Some("nope"), Bytes::from_static(b"x"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.replace_if(&k, None, Bytes::from_static(b"x"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.replace_if(&k, Some(&o.version), Bytes::from_static(b"three!"))
+                .await
+                .unwrap()
+        );
         assert_eq!(&s.get(&k).await.unwrap().unwrap().bytes[..], b"three!");
         let k2 = Key::index(&name("bar"));
-        assert!(s.replace_if(&k2, None, Bytes::from_static(b"new")).await.unwrap());
+        assert!(
+            s.replace_if(&k2, None, Bytes::from_static(b"new"))
+                .await
+                .unwrap()
+        );
 
         s.put(&k2, Bytes::from_static(b"replaced")).await.unwrap();
-        let mut keys: Vec<String> = s
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|k| k.0)
-            .collect();
+        let mut keys: Vec<String> = s.list("").await.unwrap().into_iter().map(|k| k.0).collect();
         keys.sort();
         assert_eq!(
             keys,
@@ -358,7 +376,10 @@ mod tests {
         assert!(!s.delete(&k).await.unwrap());
         // No temp files are left behind.
         let leftovers = walk(dir.path());
-        assert!(leftovers.iter().all(|p| !p.contains(".tmp.")), "{leftovers:?}");
+        assert!(
+            leftovers.iter().all(|p| !p.contains(".tmp.")),
+            "{leftovers:?}"
+        );
     }
 
     fn walk(p: &Path) -> Vec<String> {

@@ -30,9 +30,8 @@ impl UpstreamError {
     pub fn client_status(&self) -> StatusCode {
         match self {
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Status { status: 429, .. } | UpstreamError::Status { status: 503, .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            UpstreamError::Status { status: 429, .. }
+            | UpstreamError::Status { status: 503, .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
