@@ -222,9 +222,14 @@ impl Mirror {
     /// The hot-tier slot for `name`, loading it (store, then upstream) on a miss. Concurrent
     /// misses share one load. The bool says whether this call loaded it.
     async fn slot(self: &Arc<Self>, name: &CrateName) -> Result<(Arc<IndexSlot>, bool), Error> {
+        let key = name.lower();
+        // The common case, a hit, skips the entry API's insertion bookkeeping.
+        if let Some(slot) = self.index.get(&key).await {
+            return Ok((slot, false));
+        }
         let entry = self
             .index
-            .entry(name.lower())
+            .entry(key)
             .or_try_insert_with(self.load_slot(name))
             .await
             .map_err(|e| (*e).clone())?;

@@ -52,12 +52,10 @@ pub struct Object {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage I/O failed for {key}: {source}")]
-    Io {
-        key: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message: store errors end up in log lines and client
+    /// messages, not in anyhow chains.
+    #[error("storage I/O failed for {key}: {err}")]
+    Io { key: String, err: std::io::Error },
 }
 
 #[async_trait]
@@ -120,9 +118,9 @@ impl FsStore {
         key: &Key,
         f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let io = |source| StoreError::Io {
+        let io = |err| StoreError::Io {
             key: key.0.clone(),
-            source,
+            err,
         };
         tokio::task::spawn_blocking(f)
             .await

@@ -107,13 +107,13 @@ pub struct Upstream {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
-    #[error("cannot read upstream.ca_file {path}: {source}")]
+    #[error("cannot read upstream.ca_file {path}")]
     CaFile {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("upstream.ca_file {path} holds no usable PEM certificate: {source}")]
+    #[error("upstream.ca_file {path} holds no usable PEM certificate")]
     CaParse {
         path: String,
         #[source]
