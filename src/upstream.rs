@@ -304,9 +304,38 @@ fn status_error(resp: &reqwest::Response) -> UpstreamError {
         .headers()
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     UpstreamError::Status {
         status: resp.status().as_u16(),
         retry_after,
+    }
+}
+
+/// RFC 9110 §10.2.3: delay-seconds or an HTTP-date.
+fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<u64> {
+    let v = v.trim();
+    v.parse::<u64>().ok().or_else(|| {
+        let at = httpdate::parse_http_date(v).ok()?;
+        Some(at.duration_since(now).map_or(0, |d| d.as_secs()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 02:00:00 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(7));
+        assert_eq!(
+            parse_retry_after("Wed, 25 Nov 2026 02:00:30 GMT", now),
+            Some(30)
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 25 Nov 2026 01:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -668,3 +668,32 @@ async fn live_crates_io_index_and_download() {
     assert!(r.bytes().await.unwrap().len() > 1000);
     w.running.shutdown().await.unwrap();
 }
+
+/// An upstream behind a private CA: refused by default, trusted with `upstream.ca_file`.
+#[tokio::test]
+async fn upstream_tls_with_private_ca_file() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let (tls_addr, ca_pem) = tls_front(up.addr).await;
+    let data = tempfile::tempdir().unwrap();
+    let ca_file = data.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let mut cfg = wharf_config(&up, &data.path().join("a"));
+    cfg.upstream.index_url = format!("https://{tls_addr}/index/");
+    let w = Wharf::start(&cfg).await;
+    let r = w.get("/index/be/ta/beta").await;
+    assert_eq!(r.status(), 502, "an unknown CA must not be trusted");
+    let v: serde_json::Value = r.json().await.unwrap();
+    let detail = v["errors"][0]["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("beta"), "{detail}");
+    w.running.shutdown().await.unwrap();
+
+    cfg.upstream.ca_file = Some(ca_file);
+    cfg.data_dir = data.path().join("b");
+    let w = Wharf::start(&cfg).await;
+    let r = w.get("/index/be/ta/beta").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], &up.index_body("beta")[..]);
+    w.running.shutdown().await.unwrap();
+}
