@@ -476,7 +476,8 @@ impl Mirror {
         }
         let entry = self.version_entry(name, version).await?;
         let dl = self.upstream_dl().await?;
-        let url = index::download_url(&dl, &entry.name, version, &entry.cksum);
+        // `+` (build metadata) is percent-encoded, as the registry's object storage expects.
+        let url = index::download_url(&dl, &entry.name, &version.replace('+', "%2B"), &entry.cksum);
         let what = || format!("downloading `{name}` {version}");
         let body = self
             .upstream

@@ -18,7 +18,7 @@ fn publish_graph(up: &FakeUpstream) {
         &[dep("gamma_util", "^1")],
         &[("fast", &[])],
     ));
-    up.publish(make_crate("Delta", "0.1.0", &[], &[]));
+    up.publish(make_crate("Delta", "0.1.0+build.7", &[], &[]));
     up.publish(make_crate("alpha", "1.0.0", &[dep("beta", "^0.2")], &[]));
     up.publish(make_crate(
         "alpha",

@@ -371,7 +371,10 @@ async fn serve(st: &State, addr: SocketAddr, req: Request<Incoming>) -> Response
         if n < 5 || segs[n - 1] != "download" {
             return full(StatusCode::NOT_FOUND, "bad download path");
         }
-        let (name, vers, ck) = (segs[n - 4], segs[n - 3], segs[n - 2]);
+        let (name, vers, ck) = (segs[n - 4], segs[n - 3].replace("%2B", "+"), segs[n - 2]);
+        if segs[n - 3].contains('+') {
+            return full(StatusCode::NOT_FOUND, "`+` must arrive as %2B");
+        }
         if segs[..n - 4].join("/") != prefix(name).to_ascii_lowercase() {
             return full(StatusCode::NOT_FOUND, "bad prefix");
         }
