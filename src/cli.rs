@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, LogFormat, Overrides};
 use crate::policy::Clock;
+use crate::registry::tokens::{self, Scope};
+use crate::store::FsStore;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +58,61 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Manage API tokens of the private registry (works on the data directory; a running
+    /// server sees changes within a second).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Upload a .crate built elsewhere (e.g. a CI artifact) to the private registry.
+    Push {
+        /// The .crate file.
+        file: PathBuf,
+        /// wharf's public URL.
+        #[arg(long, env = "WHARF_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// A publish token (else CARGO_REGISTRIES_WHARF_TOKEN).
+        #[arg(long, env = "WHARF_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataDirArgs {
+    /// Config file (default: ./proxy.toml when present); gives the data directory.
+    #[arg(long, env = "WHARF_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The data directory of the wharf to manage (default ./data).
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token and print it (only its hash is stored: copy it now).
+    Create {
+        /// Unique token name, e.g. `alice-laptop` or `ci`.
+        #[arg(long)]
+        name: String,
+        /// The user the token acts as (crate owners are users); default: the token name.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, value_enum, default_value = "publish")]
+        scope: Scope,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// List tokens (names, users, scopes; never the tokens themselves).
+    List {
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Revoke the token called NAME.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -100,7 +157,110 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", cargo_config(&url));
             Ok(())
         }
+        Command::Token { cmd } => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(token_cmd(cmd))
+        }
+        Command::Push {
+            file,
+            server,
+            token,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(push(&file, &server, token))
+        }
     }
+}
+
+fn data_dir(d: &DataDirArgs) -> anyhow::Result<PathBuf> {
+    let file = config::load_file(d.config.as_deref())?;
+    let cfg = config::resolve(
+        file,
+        Overrides {
+            data_dir: d.data_dir.clone(),
+            ..Default::default()
+        },
+    )?;
+    Ok(cfg.data_dir)
+}
+
+async fn token_cmd(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            name,
+            user,
+            scope,
+            dir,
+        } => {
+            let dir = data_dir(&dir)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+            let store = FsStore::new(&dir);
+            let user = user.unwrap_or_else(|| name.clone());
+            let t =
+                tokens::create(&store, &name, &user, scope, std::time::SystemTime::now()).await?;
+            println!("{t}");
+        }
+        TokenCmd::List { dir } => {
+            let store = FsStore::new(data_dir(&dir)?);
+            let (db, _) = tokens::load(&store).await?;
+            println!("{:<24} {:<16} {:<8} created", "name", "user", "scope");
+            for t in db.tokens {
+                let scope = match t.scope {
+                    Scope::Publish => "publish",
+                    Scope::Read => "read",
+                };
+                println!("{:<24} {:<16} {:<8} {}", t.name, t.user, scope, t.created);
+            }
+        }
+        TokenCmd::Revoke { name, dir } => {
+            let store = FsStore::new(data_dir(&dir)?);
+            if !tokens::revoke(&store, &name).await? {
+                anyhow::bail!("no token named `{name}`");
+            }
+            eprintln!("revoked `{name}`");
+        }
+    }
+    Ok(())
+}
+
+async fn push(file: &std::path::Path, server: &str, token: Option<String>) -> anyhow::Result<()> {
+    use crate::registry::{publish, push};
+    let token = token
+        .or_else(|| std::env::var("CARGO_REGISTRIES_WHARF_TOKEN").ok())
+        .context("no token: pass --token, or set WHARF_TOKEN or CARGO_REGISTRIES_WHARF_TOKEN")?;
+    let server = server.trim_end_matches('/');
+    let tarball = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let manifest = publish::read_manifest(&tarball, &publish::Limits::default())?;
+    let meta = push::metadata_from_manifest(&manifest, &format!("{server}/private/index/"))
+        .map_err(anyhow::Error::msg)?;
+    let body = publish::encode_body(&meta, &tarball);
+    let resp = reqwest::Client::new()
+        .put(format!("{server}/private/api/v1/crates/new"))
+        .header("authorization", token)
+        .header("accept", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("sending to {server}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(errs) = v["errors"].as_array() {
+        let details: Vec<&str> = errs.iter().filter_map(|e| e["detail"].as_str()).collect();
+        anyhow::bail!(
+            "{} refused {} {}: {}",
+            server,
+            meta.name,
+            meta.vers,
+            details.join("; ")
+        );
+    }
+    if !status.is_success() {
+        anyhow::bail!("{server} answered {status}: {text}");
+    }
+    eprintln!("pushed {} {} to {server}", meta.name, meta.vers);
+    Ok(())
 }
 
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {
@@ -156,16 +316,26 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// The `.cargo/config.toml` that replaces crates-io with this wharf's mirror.
+/// The `.cargo/config.toml` for both roots: crates-io replaced by the mirror, and the
+/// private registry `wharf` with cargo's token credential provider.
 pub fn cargo_config(public_url: &str) -> String {
     let url = public_url.trim_end_matches('/');
     format!(
         "# Generated by `wharf cargo-config`: put this in .cargo/config.toml\n\
          # (of a project, or of $CARGO_HOME for every project).\n\
+         \n\
+         # Every crates.io crate comes through wharf's mirror.\n\
          [source.crates-io]\n\
          replace-with = \"wharf-mirror\"\n\
          \n\
          [source.wharf-mirror]\n\
-         registry = \"sparse+{url}/index/\"\n"
+         registry = \"sparse+{url}/index/\"\n\
+         \n\
+         # Private crates: `cargo publish --registry wharf`, and in Cargo.toml\n\
+         # `my-crate = {{ version = \"1\", registry = \"wharf\" }}`.\n\
+         # Token: `cargo login --registry wharf` or CARGO_REGISTRIES_WHARF_TOKEN.\n\
+         [registries.wharf]\n\
+         index = \"sparse+{url}/private/index/\"\n\
+         credential-provider = [\"cargo:token\"]\n"
     )
 }

@@ -32,6 +32,26 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     #[serde(default)]
     pub cache: CacheFile,
+    #[serde(default)]
+    pub private: PrivateFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateFile {
+    /// Glob patterns of names that are never fetched from the upstream (e.g. `acme-*`).
+    pub reserved: Option<Vec<String>>,
+    pub max_crate_size: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Every private index read and download needs a token.
+    pub read_required: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +100,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
+    pub private: PrivateConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivateConfig {
+    pub reserved: Vec<String>,
+    pub max_crate_size: u64,
+    /// Largest publish request body, enforced before buffering.
+    pub max_body: u64,
+    pub read_required: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +246,26 @@ pub fn resolve(file: FileConfig, ov: Overrides) -> Result<Config, ConfigError> {
         .or(up.index)
         .unwrap_or_else(|| "crates-io".to_owned());
     let c = file.cache;
+    let max_crate_size = file.private.max_crate_size.map_or(10 << 20, |b| b.as_u64());
+    let private = PrivateConfig {
+        reserved: file.private.reserved.unwrap_or_default(),
+        max_crate_size,
+        // The crate, up to 1 MiB of JSON metadata, and the two length fields.
+        max_body: file
+            .private
+            .max_body
+            .map_or(max_crate_size + (1 << 20) + 8, |b| b.as_u64()),
+        read_required: file.auth.read_required.unwrap_or(false),
+    };
+    for p in &private.reserved {
+        if let Err(e) = glob::Pattern::new(p) {
+            return Err(ConfigError::Invalid {
+                key: "private.reserved",
+                value: p.clone(),
+                why: e.to_string(),
+            });
+        }
+    }
     let defaults = Policy::default();
     let policy = Policy {
         ttl: duration("cache.index_ttl", c.index_ttl, defaults.ttl)?,
@@ -253,6 +303,7 @@ pub fn resolve(file: FileConfig, ov: Overrides) -> Result<Config, ConfigError> {
             hot_crate_bytes: c.hot_crate_size.map_or(256 << 20, |b| b.as_u64()),
             hot_crate_max_item: c.hot_crate_max_item.map_or(1 << 20, |b| b.as_u64()),
         },
+        private,
     })
 }
 
@@ -305,6 +356,24 @@ mod tests {
         assert_eq!(c.upstream.timeout, Duration::from_secs(10));
         assert_eq!(c.cache.policy.ttl, Duration::from_secs(120));
         assert_eq!(c.cache.hot_crate_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn private_and_auth_sections() {
+        let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.private.max_crate_size, 10 << 20);
+        assert!(c.private.max_body > c.private.max_crate_size);
+        assert!(!c.private.read_required);
+        let f = parse_file(
+            "[private]\nreserved = [\"acme-*\"]\nmax_crate_size = \"1MiB\"\n[auth]\nread_required = true",
+        )
+        .unwrap();
+        let c = resolve(f, Overrides::default()).unwrap();
+        assert_eq!(c.private.reserved, vec!["acme-*"]);
+        assert_eq!(c.private.max_crate_size, 1 << 20);
+        assert!(c.private.read_required);
+        let f = parse_file("[private]\nreserved = [\"[\"]").unwrap();
+        assert!(resolve(f, Overrides::default()).is_err());
     }
 
     #[test]

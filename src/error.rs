@@ -13,6 +13,15 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// No (valid) token where one is required; answered with `WWW-Authenticate: Cargo`.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     /// `--offline` (or the upstream is never asked) and the data is not in the cache.
     #[error("{0} is not cached and wharf runs offline (upstream is never contacted)")]
     NotCached(String),
@@ -41,6 +50,10 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotCached(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { source, .. } => source.client_status(),
             Error::ChecksumMismatch { .. } => StatusCode::BAD_GATEWAY,

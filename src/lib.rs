@@ -8,6 +8,8 @@
 //! - [`store`]: bytes at rest behind the [`store::Store`] trait (local filesystem today).
 //! - [`upstream`]: the HTTP client for the upstream registry.
 //! - [`mirror`]: hot tier → store → upstream, coalescing, revalidation, verification.
+//! - [`registry`]: the hosted registry for private crates (publish, yank, owners, tokens)
+//!   and the dependency-confusion guard.
 //! - [`server`]: HTTP routing and responses only.
 //! - [`cli`]: the `wharf` command line.
 
@@ -18,6 +20,7 @@ pub mod index;
 pub mod mirror;
 pub mod policy;
 pub mod record;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod upstream;
@@ -32,6 +35,8 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::mirror::{Mirror, MirrorSettings};
 use crate::policy::Clock;
+use crate::registry::publish::Limits;
+use crate::registry::{Registry, RegistrySettings};
 use crate::store::FsStore;
 use crate::upstream::{Upstream, UpstreamSettings};
 
@@ -51,6 +56,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamSetupError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistrySetupError),
 }
 
 /// A wharf serving in the background.
@@ -100,8 +107,25 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         ca_file: up.ca_file.as_deref(),
         max_body: up.max_body,
     })?;
+    let store: Arc<dyn store::Store> = Arc::new(FsStore::new(&config.data_dir));
+    let p = &config.private;
+    let registry = Registry::new(
+        store.clone(),
+        clock.clone(),
+        RegistrySettings {
+            public_url: public_url.clone(),
+            read_required: p.read_required,
+            limits: Limits {
+                max_crate: p.max_crate_size,
+                ..Limits::default()
+            },
+            reserved: p.reserved.clone(),
+            max_body: p.max_body,
+        },
+    )
+    .await?;
     let mirror = Mirror::new(
-        Arc::new(FsStore::new(&config.data_dir)),
+        store,
         Arc::new(upstream),
         clock,
         MirrorSettings {
@@ -112,7 +136,7 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
             hot_crate_max_item: config.cache.hot_crate_max_item,
         },
     );
-    let app = server::App::new(mirror, &public_url);
+    let app = server::App::new(mirror, registry, &public_url);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, app.clone(), async {
         let _ = rx.await;

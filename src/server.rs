@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use crate::error::{Error, cargo_error_json};
 use crate::index::{self, IndexRequest};
 use crate::mirror::{CacheStatus, Mirror};
+use crate::registry::{Identity, Registry};
 use crate::upstream::Reachability;
 
 pub type Body = Full<Bytes>;
@@ -29,18 +30,22 @@ pub type Body = Full<Bytes>;
 /// Everything a request handler needs.
 pub struct App {
     pub mirror: Arc<Mirror>,
+    pub registry: Arc<Registry>,
+    public_url: String,
     config_json: Bytes,
     config_etag: HeaderValue,
     started: Instant,
 }
 
 impl App {
-    pub fn new(mirror: Arc<Mirror>, public_url: &str) -> Arc<Self> {
+    pub fn new(mirror: Arc<Mirror>, registry: Arc<Registry>, public_url: &str) -> Arc<Self> {
         let config_json = index::mirror_config_json(public_url);
         let config_etag = HeaderValue::from_str(&index::etag_for(&config_json))
             .unwrap_or(HeaderValue::from_static("\"config\""));
         Arc::new(Self {
             mirror,
+            registry,
+            public_url: public_url.trim_end_matches('/').to_owned(),
             config_json,
             config_etag,
             started: Instant::now(),
@@ -50,6 +55,8 @@ impl App {
 
 /// How long a client may take to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request body (publish), slow-body guard.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,12 +121,19 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let span = info_span!(
         "request",
         method = %req.method(),
-        path = %req.uri().path(),
+        // Tokens in `/t/TOKEN/...` paths never reach the logs.
+        path = %redact(req.uri().path()),
         krate = field::Empty,
         version = field::Empty,
     );
-    let resp = route(app, &req).instrument(span.clone()).await;
-    let resp = resp.unwrap_or_else(|e| error_response(&e));
+    let resp = route(app, req).instrument(span.clone()).await;
+    let mut resp = resp.unwrap_or_else(|e| error_response(&e));
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Ok(v) =
+            HeaderValue::from_str(&format!("Cargo login_url=\"{}\"", app.registry.login_url()))
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
     span.in_scope(|| {
         info!(
             target: "wharf::access",
@@ -133,13 +147,36 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
-    let path = req.uri().path();
+fn redact(path: &str) -> String {
+    match path.strip_prefix("/t/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((_, tail)) => format!("/t/<token>/{}", shorten(tail)),
+            None => "/t/<token>".into(),
+        },
+        None => shorten(path),
+    }
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/t/") {
+        // Token in the path, for cargo older than 1.74 (no auth-required support).
+        return match rest.split_once('/') {
+            Some((token, tail)) if tail == "private" || tail.starts_with("private/") => {
+                let token = token.to_owned();
+                private(app, req, &format!("/{tail}"), Some(token)).await
+            }
+            _ => Err(Error::NotFound("no such route under /t/".into())),
+        };
+    }
+    if path.starts_with("/private/") {
+        return private(app, req, &path, None).await;
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(Error::MethodNotAllowed(format!(
             "method {} is not allowed on {}",
             req.method(),
-            shorten(path)
+            shorten(&path)
         )));
     }
     if path == "/health" {
@@ -148,7 +185,7 @@ async fn route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Err
     if let Some(rest) = path.strip_prefix("/index/") {
         return match index::parse_index_path(rest).map_err(|e| bad_path(&e))? {
             IndexRequest::Config => Ok(conditional(
-                req,
+                &req,
                 app.config_json.clone(),
                 app.config_etag.clone(),
                 "application/json",
@@ -156,11 +193,12 @@ async fn route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Err
             )),
             IndexRequest::Crate(name) => {
                 tracing::Span::current().record("krate", name.as_str());
+                guard(app, &name)?;
                 let r = app.mirror.index_file(&name).await?;
                 let etag = HeaderValue::from_str(&r.etag)
                     .map_err(|_| Error::Storage("stored ETag is not a valid header".into()))?;
                 Ok(conditional(
-                    req,
+                    &req,
                     r.body,
                     etag,
                     "text/plain; charset=utf-8",
@@ -173,14 +211,221 @@ async fn route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Err
         let segs: Vec<&str> = rest.split('/').collect();
         if let [name, version, "download"] = segs.as_slice() {
             let (name, version) = index::parse_download(name, version).map_err(|e| bad_path(&e))?;
-            let span = tracing::Span::current();
-            span.record("krate", name.as_str());
-            span.record("version", version.as_str());
+            record_crate(&name, &version);
+            guard(app, &name)?;
             let r = app.mirror.crate_file(&name, &version).await?;
-            return Ok(crate_response(r.body, r.status));
+            return Ok(crate_response(r.body, Some(r.status)));
         }
     }
-    Err(Error::NotFound(format!("no such route: {}", shorten(path))))
+    Err(Error::NotFound(format!(
+        "no such route: {}",
+        shorten(&path)
+    )))
+}
+
+fn record_crate(name: &index::CrateName, version: &str) {
+    let span = tracing::Span::current();
+    span.record("krate", name.as_str());
+    span.record("version", version);
+}
+
+/// The dependency-confusion guard: private and reserved names never come from upstream.
+fn guard(app: &App, name: &index::CrateName) -> Result<(), Error> {
+    if app.registry.blocks_mirror(name.as_str()) {
+        warn!(krate = %name, "refused: the name is private or reserved; not asking upstream");
+        return Err(Error::NotFound(format!(
+            "`{name}` is a private or reserved crate name: the crates.io mirror never serves it (depend on it with `registry = \"wharf\"`)"
+        )));
+    }
+    Ok(())
+}
+
+/// The hosted registry: `/private/index/...`, `/private/api/v1/...`, `/private/me`.
+async fn private(
+    app: &App,
+    req: Request<Incoming>,
+    path: &str,
+    path_token: Option<String>,
+) -> Result<Response<Body>, Error> {
+    let reg = &app.registry;
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let token = path_token.clone().or(header_token);
+    let who = reg.identify(token.as_deref()).await?;
+    let base = match &path_token {
+        Some(t) => format!("{}/t/{t}", app.public_url),
+        None => app.public_url.clone(),
+    };
+    let rest = path.strip_prefix("/private").unwrap_or(path);
+    let read_ok = || -> Result<(), Error> {
+        match (&who, token.is_some()) {
+            (Some(_), _) => Ok(()),
+            _ if !reg.read_required() => Ok(()),
+            (None, false) => Err(Error::Unauthorized(
+                "this registry requires a token for every request: run `cargo login --registry wharf` with a token from `wharf token create`".into(),
+            )),
+            (None, true) => Err(Error::Unauthorized(
+                "the token is not valid (revoked or mistyped); create one with `wharf token create` and run `cargo login --registry wharf`".into(),
+            )),
+        }
+    };
+    // A presented but unknown token is refused outright on mutations.
+    let writer = || -> Result<Option<&Identity>, Error> {
+        if token.is_some() && who.is_none() {
+            return Err(Error::Forbidden(
+                "the token is not valid (revoked or mistyped); create one with `wharf token create` and run `cargo login --registry wharf`".into(),
+            ));
+        }
+        Ok(who.as_ref())
+    };
+    let method = req.method().clone();
+    let is_get = matches!(method, Method::GET | Method::HEAD);
+
+    if rest == "/me" && is_get {
+        let text = "wharf has no web login. Ask an administrator to run\n  wharf token create --name YOUR-NAME --scope publish\non the server, then run\n  cargo login --registry wharf\nand paste the token.\n";
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Ok(r);
+    }
+    if let Some(ipath) = rest.strip_prefix("/index/") {
+        if !is_get {
+            return Err(Error::MethodNotAllowed(format!(
+                "method {method} is not allowed on the index"
+            )));
+        }
+        read_ok()?;
+        return match index::parse_index_path(ipath).map_err(|e| bad_path(&e))? {
+            IndexRequest::Config => {
+                let body = reg.config_json(&base);
+                let etag = HeaderValue::from_str(&index::etag_for(&body))
+                    .unwrap_or(HeaderValue::from_static("\"config\""));
+                Ok(conditional(&req, body, etag, "application/json", None))
+            }
+            IndexRequest::Crate(name) => {
+                tracing::Span::current().record("krate", name.as_str());
+                let body = reg.index_file(&name).await?;
+                let etag = HeaderValue::from_str(&index::etag_for(&body))
+                    .unwrap_or(HeaderValue::from_static("\"index\""));
+                Ok(conditional(
+                    &req,
+                    body,
+                    etag,
+                    "text/plain; charset=utf-8",
+                    None,
+                ))
+            }
+        };
+    }
+    let Some(api) = rest.strip_prefix("/api/v1/crates") else {
+        return Err(Error::NotFound(format!("no such route: {}", redact(path))));
+    };
+    let segs: Vec<&str> = api.split('/').skip(1).collect();
+    match (method.clone(), segs.as_slice()) {
+        (Method::PUT, ["new"]) => {
+            let who = writer()?;
+            let body = read_body(req, reg.max_body()).await?;
+            json_ok(reg.publish(who, body).await?)
+        }
+        (Method::GET, []) | (Method::GET, [""]) => {
+            read_ok()?;
+            let (q, per_page) = search_params(req.uri().query().unwrap_or(""));
+            json_ok(reg.search(&q, per_page).await?)
+        }
+        (Method::GET | Method::HEAD, [name, version, "download"]) => {
+            read_ok()?;
+            let (name, version) = index::parse_download(name, version).map_err(|e| bad_path(&e))?;
+            record_crate(&name, &version);
+            Ok(crate_response(reg.download(&name, &version).await?, None))
+        }
+        (Method::DELETE, [name, version, "yank"]) | (Method::PUT, [name, version, "unyank"]) => {
+            let (name, version) = index::parse_download(name, version).map_err(|e| bad_path(&e))?;
+            record_crate(&name, &version);
+            let yank = method == Method::DELETE;
+            reg.set_yanked(writer()?, &name, &version, yank).await?;
+            json_ok(serde_json::json!({ "ok": true }))
+        }
+        (m, [name, "owners"]) => {
+            let name = index::CrateName::parse(name).map_err(|e| bad_path(&e))?;
+            tracing::Span::current().record("krate", name.as_str());
+            match m {
+                Method::GET => {
+                    read_ok()?;
+                    json_ok(reg.owners(&name).await?)
+                }
+                Method::PUT | Method::DELETE => {
+                    let who = writer()?;
+                    let body = read_body(req, 64 << 10).await?;
+                    #[derive(serde::Deserialize)]
+                    struct Users {
+                        users: Vec<String>,
+                    }
+                    let u: Users = serde_json::from_slice(&body).map_err(|e| {
+                        Error::BadRequest(format!("expected {{\"users\": [\"login\", ...]}}: {e}"))
+                    })?;
+                    json_ok(
+                        reg.change_owners(who, &name, &u.users, m == Method::PUT)
+                            .await?,
+                    )
+                }
+                _ => Err(Error::MethodNotAllowed(format!(
+                    "method {m} is not allowed on owners"
+                ))),
+            }
+        }
+        _ => Err(Error::NotFound(format!(
+            "no such API route: {method} {}",
+            redact(path)
+        ))),
+    }
+}
+
+fn search_params(query: &str) -> (String, usize) {
+    let mut q = String::new();
+    let mut per_page = 10;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "q" => q = v.into_owned(),
+            "per_page" => per_page = v.parse().unwrap_or(10),
+            _ => {}
+        }
+    }
+    (q, per_page.clamp(1, 100))
+}
+
+/// Reads a request body up to `max` bytes (checked against Content-Length before reading),
+/// within `BODY_READ_TIMEOUT`.
+async fn read_body(req: Request<Incoming>, max: u64) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt;
+    let too_large = || Error::TooLarge(format!("the request body is over the {max} byte limit"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), max as usize);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(Error::BadRequest(
+            "the request body did not arrive in time".into(),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Error::BadRequest(format!(
+            "reading the request body failed: {e}"
+        ))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn json_ok(v: serde_json::Value) -> Result<Response<Body>, Error> {
+    Ok(json_response(StatusCode::OK, v.to_string()))
 }
 
 fn bad_path(e: &index::PathError) -> Error {
@@ -244,7 +489,7 @@ fn conditional(
     resp
 }
 
-fn crate_response(body: Bytes, status: CacheStatus) -> Response<Body> {
+fn crate_response(body: Bytes, status: Option<CacheStatus>) -> Response<Body> {
     let mut r = Response::new(Full::new(body));
     let h = r.headers_mut();
     // Never Content-Encoding: cargo hashes the bytes exactly as received.
@@ -256,10 +501,12 @@ fn crate_response(body: Bytes, status: CacheStatus) -> Response<Body> {
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
-    h.insert(
-        CACHE_HEADER.clone(),
-        HeaderValue::from_static(status.as_str()),
-    );
+    if let Some(status) = status {
+        h.insert(
+            CACHE_HEADER.clone(),
+            HeaderValue::from_static(status.as_str()),
+        );
+    }
     r
 }
 

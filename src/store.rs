@@ -32,6 +32,29 @@ impl Key {
         ))
     }
 
+    /// A private crate's index file: `private-v1/index/se/rd/serde` (plain index lines).
+    pub fn private_index(name: &CrateName) -> Self {
+        Self(format!("private-v1/index/{}", name.index_path()))
+    }
+
+    /// A private crate's owners and description: `private-v1/crates/se/rd/serde.json`.
+    pub fn private_meta(name: &CrateName) -> Self {
+        Self(format!("private-v1/crates/{}.json", name.index_path()))
+    }
+
+    /// A published `.crate`, content-addressed: `private-v1/blobs/ab/<sha256>.crate`.
+    /// `cksum` must be lower-case hex (checked by `index::is_sha256_hex`).
+    pub fn private_blob(cksum: &str) -> Self {
+        Self(format!("private-v1/blobs/{}/{cksum}.crate", &cksum[..2]))
+    }
+
+    /// Canonical-name claim (`lower(name)` with `-` as `_`) -> the name as published.
+    pub fn private_name(canonical: &str) -> Self {
+        Self(format!("private-v1/names/{canonical}"))
+    }
+
+    pub const PRIVATE_NAMES_PREFIX: &'static str = "private-v1/names/";
+
     /// Small documents wharf keeps about itself, e.g. the upstream's config.json.
     pub fn meta(name: &'static str) -> Self {
         Self(format!("meta-v1/{name}"))
