@@ -220,7 +220,7 @@ impl Registry {
     }
 
     fn require_owner(meta: &CrateMeta, who: &Identity, name: &CrateName) -> Result<(), Error> {
-        if meta.owners.iter().any(|o| *o == who.user) {
+        if meta.owners.contains(&who.user) {
             Ok(())
         } else {
             Err(Error::Forbidden(format!(
