@@ -235,6 +235,7 @@ async fn push(file: &std::path::Path, server: &str, token: Option<String>) -> an
     let meta = push::metadata_from_manifest(&manifest, &format!("{server}/private/index/"))
         .map_err(anyhow::Error::msg)?;
     let body = publish::encode_body(&meta, &tarball);
+    crate::upstream::install_crypto_provider();
     let resp = reqwest::Client::new()
         .put(format!("{server}/private/api/v1/crates/new"))
         .header("authorization", token)

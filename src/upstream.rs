@@ -125,9 +125,7 @@ pub enum UpstreamSetupError {
 
 impl Upstream {
     pub fn new(s: UpstreamSettings<'_>) -> Result<Self, UpstreamSetupError> {
-        // ring as the rustls provider; the platform verifier supplies the OS root store,
-        // so corporate and TLS-inspecting CAs installed on the machine are trusted.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let extra = match s.ca_file {
             Some(p) => {
                 let pem = std::fs::read(p).map_err(|source| UpstreamSetupError::CaFile {
@@ -297,6 +295,12 @@ impl Upstream {
         }
         Ok(buf.freeze())
     }
+}
+
+/// ring as the process's rustls provider (idempotent). The platform verifier supplies the
+/// OS root store, so corporate and TLS-inspecting CAs installed on the machine are trusted.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn status_error(resp: &reqwest::Response) -> UpstreamError {

@@ -123,6 +123,25 @@ pub fn make_crate(
     }
 }
 
+/// A `.crate` laid out as `dir_name-dir_vers/` whose Cargo.toml names another package.
+pub fn make_crate_with_manifest(dir_name: &str, dir_vers: &str, name: &str, vers: &str) -> Vec<u8> {
+    let toml = format!("[package]\nname = \"{name}\"\nversion = \"{vers}\"\n");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(toml.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(
+        &mut h,
+        format!("{dir_name}-{dir_vers}/Cargo.toml"),
+        toml.as_bytes(),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
 /// A fault the fake upstream injects into responses for matching paths.
 #[derive(Clone, Debug)]
 pub enum Fault {
@@ -478,6 +497,17 @@ pub struct CargoEnv {
 
 impl CargoEnv {
     pub fn new(wharf_url: &str, manifest_deps: &str) -> Self {
+        Self::package(
+            wharf_url,
+            "consumer",
+            "0.1.0",
+            manifest_deps,
+            "pub use alpha;\n",
+        )
+    }
+
+    /// A project named `name` with `deps` (a `[dependencies]` body) and `lib` as src/lib.rs.
+    pub fn package(wharf_url: &str, name: &str, version: &str, deps: &str, lib: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         let proj = dir.path().join("proj");
@@ -494,11 +524,11 @@ impl CargoEnv {
         std::fs::write(
             proj.join("Cargo.toml"),
             format!(
-                "[package]\nname = \"consumer\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{manifest_deps}\n\n[workspace]\n"
+                "[package]\nname = \"{name}\"\nversion = \"{version}\"\nedition = \"2021\"\ndescription = \"test crate {name}\"\nlicense = \"MIT\"\n\n[dependencies]\n{deps}\n\n[workspace]\n"
             ),
         )
         .unwrap();
-        std::fs::write(proj.join("src/lib.rs"), "pub use alpha;\n").unwrap();
+        std::fs::write(proj.join("src/lib.rs"), lib).unwrap();
         Self { dir }
     }
 
@@ -517,6 +547,15 @@ impl CargoEnv {
 
     /// Runs cargo in a blocking thread; returns (success, combined output).
     pub async fn cargo(&self, args: &[&str]) -> (bool, String) {
+        self.cargo_env(args, &[]).await
+    }
+
+    /// Runs cargo with extra environment variables.
+    pub async fn cargo_env(&self, args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let home = self.dir.path().join("home");
         let proj = self.project();
@@ -530,6 +569,8 @@ impl CargoEnv {
                 .env("CARGO_HTTP_TIMEOUT", "20")
                 .env_remove("CARGO_REGISTRIES_CRATES_IO_PROTOCOL")
                 .env_remove("RUSTC_WRAPPER")
+                .env_remove("CARGO_REGISTRIES_WHARF_TOKEN")
+                .envs(envs)
                 .output()
                 .unwrap();
             let text = format!(
