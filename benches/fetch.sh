@@ -22,6 +22,7 @@ bench=$(cd "$bench" && pwd)
 workload=${WORKLOAD:-small} runs=${1:-5}
 port=${PORT:-18180} floor_port=${FLOOR_PORT:-18181}
 work=$(mktemp -d /tmp/wharf-bench.XXXXXX)
+chmod 755 "$work"   # nginx workers run as nobody and must reach the floor's files
 wharf_pid=""
 cleanup() {
   [ -n "$wharf_pid" ] && kill "$wharf_pid" 2>/dev/null || true
@@ -46,10 +47,10 @@ proxy_url="sparse+http://127.0.0.1:$port/index/"
 
 : >"$work/direct" ; : >"$work/cold" ; : >"$work/warm"; : >"$work/floor.t"
 for i in $(seq "$runs"); do
-  "$bench/fetch-bench.sh" "$workload" direct | tee /dev/stderr | wall >>"$work/direct"
+  "$bench/fetch-bench.sh" "$workload" direct | tee -a "$work/runs.log" | wall >>"$work/direct"
   rm -rf "$work/data"; start_wharf "$work/data"
-  "$bench/fetch-bench.sh" "$workload" proxy "$proxy_url" | tee /dev/stderr | wall >>"$work/cold"
-  "$bench/fetch-bench.sh" "$workload" proxy "$proxy_url" | tee /dev/stderr | wall >>"$work/warm"
+  "$bench/fetch-bench.sh" "$workload" proxy "$proxy_url" | tee -a "$work/runs.log" | wall >>"$work/cold"
+  "$bench/fetch-bench.sh" "$workload" proxy "$proxy_url" | tee -a "$work/runs.log" | wall >>"$work/warm"
   stop_wharf
 done
 
@@ -65,11 +66,13 @@ if command -v nginx >/dev/null && command -v wrk >/dev/null; then
   "$bench/static-floor.sh" "$work/plain" "$work/floor" "$floor_port" >&2
   for i in $(seq "$runs"); do
     "$bench/fetch-bench.sh" "$workload" proxy "sparse+http://127.0.0.1:$floor_port/index/" \
-      | tee /dev/stderr | wall >>"$work/floor.t"
+      | tee -a "$work/runs.log" | wall >>"$work/floor.t"
   done
   have_floor=1
 fi
 
+echo "every run:"
+cat "$work/runs.log"
 echo
 echo "cargo fetch --locked, workload=$workload, $runs runs each, median seconds:"
 printf '  %-7s %s   (runs: %s)\n' direct "$(median <"$work/direct")" "$(tr '\n' ' ' <"$work/direct")"

@@ -344,7 +344,9 @@ impl Mirror {
             return (cur, CacheStatus::Revalidated, None);
         }
         let now = self.clock.now();
-        if !self.policy.may_retry(slot.failed_at(), now) && slot.doc.is_some() {
+        // Requests queued behind a failed attempt must not each retry in turn (N waiters
+        // would wait N upstream timeouts): within the backoff they get the failure at once.
+        if !self.policy.may_retry(slot.failed_at(), now) {
             return (
                 slot.clone(),
                 CacheStatus::Stale,
