@@ -58,6 +58,18 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Warm a running wharf with every crates.io package of the given lockfiles.
+    Prefetch {
+        /// Cargo.lock files.
+        #[arg(required = true)]
+        lockfiles: Vec<PathBuf>,
+        /// The running wharf.
+        #[arg(long, env = "WHARF_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Crates fetched at once.
+        #[arg(long, default_value_t = 16)]
+        jobs: usize,
+    },
     /// Manage API tokens of the private registry (works on the data directory; a running
     /// server sees changes within a second).
     Token {
@@ -157,6 +169,14 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", cargo_config(&url));
             Ok(())
         }
+        Command::Prefetch {
+            lockfiles,
+            server,
+            jobs,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(prefetch(&lockfiles, &server, jobs))
+        }
         Command::Token { cmd } => {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(token_cmd(cmd))
@@ -170,6 +190,40 @@ pub fn main() -> anyhow::Result<()> {
             rt.block_on(push(&file, &server, token))
         }
     }
+}
+
+async fn prefetch(lockfiles: &[PathBuf], server: &str, jobs: usize) -> anyhow::Result<()> {
+    use crate::ops::prefetch;
+    let mut items = Vec::new();
+    for f in lockfiles {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        items.extend(
+            prefetch::plan(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("in {}", f.display()))?,
+        );
+    }
+    let s = prefetch::run(items, server, jobs, true).await;
+    for (name, why) in &s.skipped {
+        eprintln!("skipped  {name}: {why}");
+    }
+    for (label, why) in &s.failed {
+        eprintln!("failed   {label}: {why}");
+    }
+    eprintln!(
+        "prefetch: {} fetched, {} already cached, {} failed, {} skipped in {:.1} s ({:.1} crates/s)",
+        s.fetched,
+        s.cached,
+        s.failed.len(),
+        s.skipped.len(),
+        s.elapsed.as_secs_f64(),
+        s.crates_per_second()
+    );
+    if !s.failed.is_empty() {
+        anyhow::bail!("{} crate(s) could not be prefetched", s.failed.len());
+    }
+    Ok(())
 }
 
 fn data_dir(d: &DataDirArgs) -> anyhow::Result<PathBuf> {

@@ -10,6 +10,7 @@
 //! - [`mirror`]: hot tier → store → upstream, coalescing, revalidation, verification.
 //! - [`registry`]: the hosted registry for private crates (publish, yank, owners, tokens)
 //!   and the dependency-confusion guard.
+//! - [`ops`]: operator commands over the whole cache (prefetch, ...).
 //! - [`server`]: HTTP routing and responses only.
 //! - [`cli`]: the `wharf` command line.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod mirror;
+pub mod ops;
 pub mod policy;
 pub mod record;
 pub mod registry;

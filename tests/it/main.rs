@@ -1,6 +1,7 @@
 //! One integration-test binary: wharf in-process against a fake upstream, driven by HTTP
 //! requests and by the real `cargo`.
 
+mod ops;
 mod private;
 mod support;
 
@@ -10,7 +11,7 @@ use support::*;
 
 /// alpha 1.1.0 (feature `extra` -> optional dep `Delta`) -> beta 0.2 (feature fast)
 /// -> gamma_util ^1.
-fn publish_graph(up: &FakeUpstream) {
+pub(crate) fn publish_graph(up: &FakeUpstream) {
     up.publish(make_crate("gamma_util", "1.0.0", &[], &[]));
     up.publish(make_crate("gamma_util", "1.2.0", &[], &[]));
     up.publish(make_crate(
@@ -42,7 +43,7 @@ fn publish_graph(up: &FakeUpstream) {
     ));
 }
 
-const CONSUMER_DEPS: &str = "alpha = { version = \"1\", features = [\"extra\"] }";
+pub(crate) const CONSUMER_DEPS: &str = "alpha = { version = \"1\", features = [\"extra\"] }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cargo_fetch_cold_warm_and_with_upstream_down() {
