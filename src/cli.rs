@@ -70,6 +70,15 @@ pub enum Command {
         #[arg(long, default_value_t = 16)]
         jobs: usize,
     },
+    /// Re-hash every stored crate against its index checksum; report (and with --repair,
+    /// move aside) what does not match.
+    Verify {
+        /// Move bad mirror crates and damaged index records aside, so they are fetched again.
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
     /// Manage API tokens of the private registry (works on the data directory; a running
     /// server sees changes within a second).
     Token {
@@ -177,6 +186,11 @@ pub fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(prefetch(&lockfiles, &server, jobs))
         }
+        Command::Verify { repair, dir } => {
+            let dir = data_dir(&dir)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(verify(&dir, repair))
+        }
         Command::Token { cmd } => {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(token_cmd(cmd))
@@ -222,6 +236,43 @@ async fn prefetch(lockfiles: &[PathBuf], server: &str, jobs: usize) -> anyhow::R
     );
     if !s.failed.is_empty() {
         anyhow::bail!("{} crate(s) could not be prefetched", s.failed.len());
+    }
+    Ok(())
+}
+
+async fn verify(dir: &std::path::Path, repair: bool) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("no data directory at {}", dir.display());
+    }
+    let store = FsStore::new(dir);
+    let r = crate::ops::verify::verify(&store, repair)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for (what, why) in &r.problems {
+        println!("BAD      {what}: {why}");
+    }
+    for k in &r.repaired {
+        println!("moved    {k} -> quarantine-v1/ (it will be fetched again)");
+    }
+    for u in &r.unverifiable {
+        println!("skipped  {u}: no index record to check against");
+    }
+    println!(
+        "verify: {} crates checked, {} problems, {} repaired, {} unverifiable",
+        r.checked,
+        r.problems.len(),
+        r.repaired.len(),
+        r.unverifiable.len()
+    );
+    if r.problems.len() > r.repaired.len() {
+        anyhow::bail!(
+            "the cache has problems{}",
+            if repair {
+                " that --repair cannot fix"
+            } else {
+                " (run with --repair)"
+            }
+        );
     }
     Ok(())
 }

@@ -60,6 +60,12 @@ impl Key {
         Self(format!("meta-v1/{name}"))
     }
 
+    /// A key from parts already validated by the caller (e.g. a quarantine copy of an
+    /// existing key).
+    pub(crate) fn raw(k: String) -> Self {
+        Self(k)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

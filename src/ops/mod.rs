@@ -2,3 +2,4 @@
 //! export/import, verification and garbage collection).
 
 pub mod prefetch;
+pub mod verify;

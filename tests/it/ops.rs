@@ -64,3 +64,55 @@ async fn prefetch_then_fetch_with_upstream_down() {
     assert!(err.contains("4 already cached"), "{err}");
     w.running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn verify_finds_and_repairs_a_corrupted_crate() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&wharf_config(&up, data.path())).await;
+    for p in [
+        "/api/v1/crates/beta/0.2.0/download",
+        "/api/v1/crates/gamma_util/1.2.0/download",
+    ] {
+        assert_eq!(w.get(p).await.status(), 200);
+    }
+    w.running.shutdown().await.unwrap();
+    let verify = |repair: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+        c.arg("verify").arg("--data-dir").arg(data.path());
+        if repair {
+            c.arg("--repair");
+        }
+        async move {
+            let out = c.output().await.unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (ok, out) = verify(false).await;
+    assert!(ok && out.contains("2 crates checked, 0 problems"), "{out}");
+
+    // Flip one byte of a stored crate.
+    let f = data.path().join("crates-v1/be/ta/beta/beta-0.2.0.crate");
+    let mut b = std::fs::read(&f).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&f, b).unwrap();
+    let (ok, out) = verify(false).await;
+    assert!(!ok && out.contains("BAD      beta 0.2.0"), "{out}");
+    let (ok, out) = verify(true).await;
+    assert!(ok && out.contains("1 repaired"), "{out}");
+    assert!(!f.exists());
+
+    // Served again: refetched from upstream and verified.
+    let before = up.count("/files/");
+    let w = Wharf::start(&wharf_config(&up, data.path())).await;
+    let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count("/files/"), before + 1);
+    let (ok, out) = verify(false).await;
+    assert!(ok && out.contains("0 problems"), "{out}");
+    w.running.shutdown().await.unwrap();
+}
