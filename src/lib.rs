@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: proxy.toml + env + flags, merged by a pure function.
 //! - [`index`]: the sparse-index protocol (paths, names, lines, templates); no I/O.
+//! - [`metrics`]: lock-free counters and the Prometheus text format.
 //! - [`policy`]: index freshness rules and the injectable clock; no I/O.
 //! - [`record`]: versioned on-disk record format for cached index files.
 //! - [`store`]: bytes at rest behind the [`store::Store`] trait (local filesystem today).
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod metrics;
 pub mod mirror;
 pub mod ops;
 pub mod policy;
@@ -101,14 +103,18 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
+    let metrics = Arc::new(metrics::Metrics::default());
     let up = &config.upstream;
-    let upstream = Upstream::new(UpstreamSettings {
-        index_url: up.index_url.clone(),
-        connect_timeout: up.connect_timeout,
-        timeout: up.timeout,
-        ca_file: up.ca_file.as_deref(),
-        max_body: up.max_body,
-    })?;
+    let upstream = Upstream::new(
+        UpstreamSettings {
+            index_url: up.index_url.clone(),
+            connect_timeout: up.connect_timeout,
+            timeout: up.timeout,
+            ca_file: up.ca_file.as_deref(),
+            max_body: up.max_body,
+        },
+        metrics.clone(),
+    )?;
     let store: Arc<dyn store::Store> = Arc::new(FsStore::new(&config.data_dir));
     let p = &config.private;
     let registry = Registry::new(
@@ -126,6 +132,7 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         },
     )
     .await?;
+    let store_for_scan = store.clone();
     let mirror = Mirror::new(
         store,
         Arc::new(upstream),
@@ -136,9 +143,11 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
             hot_index_bytes: config.cache.hot_index_bytes,
             hot_crate_bytes: config.cache.hot_crate_bytes,
             hot_crate_max_item: config.cache.hot_crate_max_item,
+            metrics: metrics.clone(),
         },
     );
-    let app = server::App::new(mirror, registry, &public_url);
+    tokio::spawn(scan_store(store_for_scan, metrics.clone()));
+    let app = server::App::new(mirror, registry, metrics, &public_url);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, app.clone(), async {
         let _ = rx.await;
@@ -150,4 +159,21 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         shutdown: Some(tx),
         task,
     })
+}
+
+/// How often the store is walked for the size gauges (in the background: start-up never
+/// scans the store).
+const STORE_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn scan_store(store: Arc<dyn store::Store>, metrics: Arc<metrics::Metrics>) {
+    loop {
+        match store.list_sized("").await {
+            Ok(all) => {
+                let bytes = all.iter().map(|(_, n)| n).sum();
+                metrics.set_store(bytes, all.len() as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "store scan failed"),
+        }
+        tokio::time::sleep(STORE_SCAN_INTERVAL).await;
+    }
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::index::{self, CrateName, VersionEntry};
+use crate::metrics::{CacheEvent, Metrics};
 use crate::policy::{self, Clock, Freshness, Policy};
 use crate::record::{self, IndexMeta};
 use crate::store::{Key, Store};
@@ -113,6 +114,7 @@ pub struct MirrorSettings {
     pub hot_index_bytes: u64,
     pub hot_crate_bytes: u64,
     pub hot_crate_max_item: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Mirror {
@@ -125,6 +127,7 @@ pub struct Mirror {
     crates: Cache<String, CachedCrate>,
     /// The upstream's `dl` template, refreshed hourly.
     upstream_dl: Cache<(), Arc<str>>,
+    metrics: Arc<Metrics>,
 }
 
 const UPSTREAM_CONFIG_KEY: &str = "upstream-config.json";
@@ -165,6 +168,7 @@ impl Mirror {
             upstream_dl: Cache::builder()
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            metrics: s.metrics,
         })
     }
 
@@ -234,6 +238,9 @@ impl Mirror {
             .await
             .map_err(|e| (*e).clone())?;
         let fresh = entry.is_fresh();
+        if !fresh {
+            self.metrics.cache(CacheEvent::Coalesced);
+        }
         Ok((entry.into_value(), fresh))
     }
 
@@ -444,6 +451,9 @@ impl Mirror {
             .await
             .map_err(|e| (*e).clone())?;
         let loaded_now = entry.is_fresh();
+        if !loaded_now {
+            self.metrics.cache(CacheEvent::Coalesced);
+        }
         let c = entry.into_value();
         Ok(CrateReply {
             status: if loaded_now && c.origin == Origin::Upstream {
@@ -503,6 +513,7 @@ impl Mirror {
         let actual = index::sha256_hex(&body);
         if actual != entry.cksum {
             warn!(krate = %name, version, expected = %entry.cksum, actual = %actual, "checksum mismatch; not cached");
+            self.metrics.checksum_failure();
             return Err(Error::ChecksumMismatch {
                 name: entry.name,
                 version: version.to_owned(),

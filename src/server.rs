@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::error::{Error, cargo_error_json};
 use crate::index::{self, IndexRequest};
+use crate::metrics::{CacheEvent, Metrics, Route};
 use crate::mirror::{CacheStatus, Mirror};
 use crate::registry::{Identity, Registry};
 use crate::upstream::Reachability;
@@ -31,6 +32,7 @@ pub type Body = Full<Bytes>;
 pub struct App {
     pub mirror: Arc<Mirror>,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
     public_url: String,
     config_json: Bytes,
     config_etag: HeaderValue,
@@ -38,13 +40,19 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(mirror: Arc<Mirror>, registry: Arc<Registry>, public_url: &str) -> Arc<Self> {
+    pub fn new(
+        mirror: Arc<Mirror>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        public_url: &str,
+    ) -> Arc<Self> {
         let config_json = index::mirror_config_json(public_url);
         let config_etag = HeaderValue::from_str(&index::etag_for(&config_json))
             .unwrap_or(HeaderValue::from_static("\"config\""));
         Arc::new(Self {
             mirror,
             registry,
+            metrics,
             public_url: public_url.trim_end_matches('/').to_owned(),
             config_json,
             config_etag,
@@ -118,6 +126,7 @@ pub async fn run(
 
 async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
+    let route_kind = Route::of(req.uri().path());
     let span = info_span!(
         "request",
         method = %req.method(),
@@ -134,11 +143,24 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    // Content-Length is only added by hyper when writing; the body knows its size.
+    let len = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    app.metrics.request(route_kind, resp.status().as_u16(), len);
+    if let Some(c) = resp.headers().get(&CACHE_HEADER) {
+        app.metrics.cache(match c.as_bytes() {
+            b"hit" => CacheEvent::Hit,
+            b"miss" => CacheEvent::Miss,
+            b"revalidated" => CacheEvent::Revalidated,
+            _ => CacheEvent::Stale,
+        });
+    }
     span.in_scope(|| {
         info!(
             target: "wharf::access",
             status = resp.status().as_u16(),
-            bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0"),
+            bytes = len,
             cache = resp.headers().get("x-wharf-cache").and_then(|v| v.to_str().ok()).unwrap_or("-"),
             micros = start.elapsed().as_micros() as u64,
             "request"
@@ -181,6 +203,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Erro
     }
     if path == "/health" {
         return Ok(health(app));
+    }
+    if path == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return Ok(r);
     }
     if let Some(rest) = path.strip_prefix("/index/") {
         return match index::parse_index_path(rest).map_err(|e| bad_path(&e))? {

@@ -104,8 +104,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Returns false when there was nothing to delete.
     async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
-    /// Every key under `prefix` (e.g. `crates-v1/`), in no particular order.
-    async fn list(&self, prefix: &str) -> Result<Vec<Key>, StoreError>;
+    /// Every key under `prefix` (e.g. `crates-v1/`) with its size in bytes, in no
+    /// particular order.
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(Key, u64)>, StoreError>;
+
+    /// Every key under `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<Key>, StoreError> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
 }
 
 /// Objects as files under a root directory. Writes go to a temp file in the target
@@ -292,7 +303,7 @@ impl Store for FsStore {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Key>, StoreError> {
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(Key, u64)>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.trim_end_matches('/').to_owned();
         let key = Key(prefix.clone());
@@ -317,7 +328,8 @@ impl Store for FsStore {
                     } else if let Ok(rel) = ent.path().strip_prefix(&root)
                         && let Some(rel) = rel.to_str()
                     {
-                        out.push(Key(rel.replace(std::path::MAIN_SEPARATOR, "/")));
+                        let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
+                        out.push((Key(rel.replace(std::path::MAIN_SEPARATOR, "/")), size));
                     }
                 }
             }

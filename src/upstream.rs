@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::metrics::{Metrics, UpstreamKind};
 use hyper::StatusCode;
 use reqwest::header;
 
@@ -103,6 +107,7 @@ pub struct Upstream {
     crate_client: reqwest::Client,
     max_body: u64,
     state: AtomicU8,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +129,7 @@ pub enum UpstreamSetupError {
 }
 
 impl Upstream {
-    pub fn new(s: UpstreamSettings<'_>) -> Result<Self, UpstreamSetupError> {
+    pub fn new(s: UpstreamSettings<'_>, metrics: Arc<Metrics>) -> Result<Self, UpstreamSetupError> {
         install_crypto_provider();
         let extra = match s.ca_file {
             Some(p) => {
@@ -160,6 +165,7 @@ impl Upstream {
             crate_client: build(false)?,
             max_body: s.max_body,
             state: AtomicU8::new(0),
+            metrics,
         })
     }
 
@@ -175,7 +181,8 @@ impl Upstream {
         }
     }
 
-    fn observe<T>(&self, r: &Result<T, UpstreamError>) {
+    fn observe<T>(&self, kind: UpstreamKind, started: Instant, r: &Result<T, UpstreamError>) {
+        self.metrics.upstream(kind, r.is_ok(), started.elapsed());
         let v = match r {
             Ok(_) => 1,
             Err(UpstreamError::Status { status, .. }) if *status < 500 && *status != 429 => 1,
@@ -191,6 +198,7 @@ impl Upstream {
         etag: Option<&str>,
         last_modified: Option<&str>,
     ) -> Result<IndexFetch, UpstreamError> {
+        let started = Instant::now();
         let url = format!("{}{}", self.index_url, path);
         let mut req = self
             .index_client
@@ -203,7 +211,7 @@ impl Upstream {
             req = req.header(header::IF_MODIFIED_SINCE, lm);
         }
         let r = self.index_response(req).await;
-        self.observe(&r);
+        self.observe(UpstreamKind::Index, started, &r);
         r
     }
 
@@ -236,6 +244,7 @@ impl Upstream {
 
     /// The upstream's `config.json`, unconditionally.
     pub async fn fetch_config(&self) -> Result<Bytes, UpstreamError> {
+        let started = Instant::now();
         let url = format!("{}config.json", self.index_url);
         let r = async {
             let resp = self
@@ -251,12 +260,13 @@ impl Upstream {
             self.read_body(resp).await
         }
         .await;
-        self.observe(&r);
+        self.observe(UpstreamKind::Config, started, &r);
         r
     }
 
     /// Downloads a `.crate`. `Ok(None)` is a real upstream 404.
     pub async fn fetch_crate(&self, url: &str) -> Result<Option<Bytes>, UpstreamError> {
+        let started = Instant::now();
         let r = async {
             let resp = self
                 .crate_client
@@ -272,7 +282,7 @@ impl Upstream {
             }
         }
         .await;
-        self.observe(&r);
+        self.observe(UpstreamKind::Crate, started, &r);
         r
     }
 

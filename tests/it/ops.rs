@@ -116,3 +116,67 @@ async fn verify_finds_and_repairs_a_corrupted_crate() {
     assert!(ok && out.contains("0 problems"), "{out}");
     w.running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_counters_move() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&wharf_config(&up, data.path())).await;
+    let metric = |text: &str, line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line)
+                    .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+            })
+            .unwrap_or(0)
+    };
+    let before = w.get("/metrics").await.text().await.unwrap();
+    assert!(before.contains("# TYPE wharf_requests_total counter"));
+
+    assert_eq!(w.get("/index/be/ta/beta").await.status(), 200); // miss
+    assert_eq!(w.get("/index/be/ta/beta").await.status(), 200); // hit
+    assert_eq!(w.get("/index/zz/zz/zzzz").await.status(), 404);
+    up.fault("/files/", Fault::WrongBytes, Some(1));
+    assert_eq!(
+        w.get("/api/v1/crates/beta/0.2.0/download").await.status(),
+        502
+    );
+    let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
+    let n = r.bytes().await.unwrap().len() as u64;
+
+    let t = w.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        metric(&t, "wharf_requests_total{route=\"index\",status=\"200\"}"),
+        2
+    );
+    assert_eq!(
+        metric(&t, "wharf_requests_total{route=\"index\",status=\"404\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&t, "wharf_requests_total{route=\"crate\",status=\"502\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&t, "wharf_requests_total{route=\"crate\",status=\"200\"}"),
+        1
+    );
+    assert_eq!(metric(&t, "wharf_cache_events_total{event=\"miss\"}"), 2);
+    assert_eq!(metric(&t, "wharf_cache_events_total{event=\"hit\"}"), 1);
+    assert_eq!(metric(&t, "wharf_checksum_failures_total"), 1);
+    assert!(metric(&t, "wharf_response_bytes_total{route=\"crate\"}") >= n);
+    // Index (beta, zzzz) + config.json + two downloads.
+    assert_eq!(
+        metric(
+            &t,
+            "wharf_upstream_requests_total{kind=\"crate\",result=\"ok\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        metric(&t, "wharf_upstream_request_duration_seconds_count"),
+        up.total() as u64
+    );
+    w.running.shutdown().await.unwrap();
+}
