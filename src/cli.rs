@@ -70,6 +70,27 @@ pub enum Command {
         #[arg(long, default_value_t = 16)]
         jobs: usize,
     },
+    /// Write what the lockfiles need (index files and crates) into one tar archive, laid
+    /// out as a static sparse registry with a manifest of sha256 sums.
+    Export {
+        #[arg(long = "lockfile", required = true, num_args = 1..)]
+        lockfiles: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The URL the archive's index/config.json names for downloads, if it is served
+        /// by a plain web server.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        static_url: String,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Verify an archive made by `export` and, only if all of it checks out, add it to the
+    /// cache (safe while a wharf serves the same data directory).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
     /// Re-hash every stored crate against its index checksum; report (and with --repair,
     /// move aside) what does not match.
     Verify {
@@ -186,6 +207,35 @@ pub fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(prefetch(&lockfiles, &server, jobs))
         }
+        Command::Export {
+            lockfiles,
+            out,
+            static_url,
+            dir,
+        } => {
+            let dir = data_dir(&dir)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(export(&lockfiles, &out, &static_url, &dir))
+        }
+        Command::Import { file, dir } => {
+            let dir = data_dir(&dir)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(async {
+                let s = crate::ops::bundle::import(
+                    &FsStore::new(&dir),
+                    &file,
+                    std::time::SystemTime::now(),
+                )
+                .await?;
+                eprintln!(
+                    "import: {} index files written ({} newer ones kept), {} crates added ({} already present)",
+                    s.index_files, s.index_kept, s.crates, s.crates_present
+                );
+                anyhow::Ok(())
+            })
+        }
         Command::Verify { repair, dir } => {
             let dir = data_dir(&dir)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -237,6 +287,33 @@ async fn prefetch(lockfiles: &[PathBuf], server: &str, jobs: usize) -> anyhow::R
     if !s.failed.is_empty() {
         anyhow::bail!("{} crate(s) could not be prefetched", s.failed.len());
     }
+    Ok(())
+}
+
+async fn export(
+    lockfiles: &[PathBuf],
+    out: &std::path::Path,
+    static_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut items = Vec::new();
+    for f in lockfiles {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        items.extend(
+            crate::ops::prefetch::plan(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("in {}", f.display()))?,
+        );
+    }
+    let s = crate::ops::bundle::export(&FsStore::new(dir), &items, out, static_url).await?;
+    eprintln!(
+        "export: {} index files and {} crates ({} bytes) written to {}",
+        s.index_files,
+        s.crates,
+        s.bytes,
+        out.display()
+    );
     Ok(())
 }
 

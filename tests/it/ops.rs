@@ -180,3 +180,102 @@ async fn metrics_counters_move() {
     );
     w.running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_import_and_serve_offline() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let a = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&wharf_config(&up, a.path())).await;
+    let env = CargoEnv::new(&w.url, CONSUMER_DEPS);
+    let (ok, out) = env.cargo(&["fetch"]).await;
+    assert!(ok, "{out}");
+    w.running.shutdown().await.unwrap();
+    let lockfile = env.project().join("Cargo.lock");
+
+    let wharf = |args: Vec<std::ffi::OsString>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("bundle.tar");
+    let (ok, err) = wharf(vec![
+        "export".into(),
+        "--lockfile".into(),
+        lockfile.clone().into(),
+        "--out".into(),
+        archive.clone().into(),
+        "--data-dir".into(),
+        a.path().into(),
+    ])
+    .await;
+    assert!(ok && err.contains("4 crates"), "{err}");
+
+    // The archive is a static registry: byte-for-byte index files and the crates.
+    let mut names = Vec::new();
+    let mut t = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for e in t.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    for p in [
+        "manifest.json",
+        "index/config.json",
+        "index/al/ph/alpha",
+        "crates/Delta/Delta-0.1.0+build.7.crate",
+    ] {
+        assert!(names.iter().any(|n| n == p), "{p} missing from {names:?}");
+    }
+
+    // A flipped byte anywhere in a crate: refused, nothing imported.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = find(&bytes, b"\x1f\x8b").expect("a gzip member") + 40;
+    bytes[at] ^= 0x01;
+    let bad = work.path().join("bad.tar");
+    std::fs::write(&bad, bytes).unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let (ok, err) = wharf(vec![
+        "import".into(),
+        bad.into(),
+        "--data-dir".into(),
+        c.path().into(),
+    ])
+    .await;
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(c.path()).unwrap().count(),
+        0,
+        "a refused archive wrote files"
+    );
+
+    // The good one into an empty data dir, then served offline to a fresh cargo.
+    let b = tempfile::tempdir().unwrap();
+    let (ok, err) = wharf(vec![
+        "import".into(),
+        archive.into(),
+        "--data-dir".into(),
+        b.path().into(),
+    ])
+    .await;
+    assert!(ok && err.contains("4 crates added"), "{err}");
+    let before = up.total();
+    let mut cfg = wharf_config(&up, b.path());
+    cfg.offline = true;
+    let w = Wharf::start(&cfg).await;
+    let client = CargoEnv::new(&w.url, CONSUMER_DEPS);
+    std::fs::copy(&lockfile, client.project().join("Cargo.lock")).unwrap();
+    let (ok, out) = client.cargo(&["fetch", "--locked"]).await;
+    assert!(ok, "offline fetch from an imported bundle failed:\n{out}");
+    assert_eq!(up.total(), before);
+    w.running.shutdown().await.unwrap();
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
