@@ -219,11 +219,10 @@ pub async fn import(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Member, Vec<u8>)>(16);
     let reader = tokio::task::spawn_blocking(move || {
         entries(&path, |p, data| {
-            match classify(p).map_err(BundleError::Refused)? {
-                m @ (Member::Index(_) | Member::Crate(..)) => {
-                    tx.blocking_send((m, data)).map_err(io)?;
-                }
-                _ => {}
+            if let m @ (Member::Index(_) | Member::Crate(..)) =
+                classify(p).map_err(BundleError::Refused)?
+            {
+                tx.blocking_send((m, data)).map_err(io)?;
             }
             Ok(())
         })
