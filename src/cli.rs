@@ -91,6 +91,18 @@ pub enum Command {
         #[command(flatten)]
         dir: DataDirArgs,
     },
+    /// Evict least-recently-used mirror crates until the store is under cache.max_size
+    /// (never private or pinned crates), and report what was freed.
+    Gc {
+        /// Report what would be evicted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Overrides cache.max_size (e.g. "20GiB").
+        #[arg(long)]
+        max_size: Option<bytesize::ByteSize>,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
     /// Re-hash every stored crate against its index checksum; report (and with --repair,
     /// move aside) what does not match.
     Verify {
@@ -235,6 +247,50 @@ pub fn main() -> anyhow::Result<()> {
                 );
                 anyhow::Ok(())
             })
+        }
+        Command::Gc {
+            dry_run,
+            max_size,
+            dir,
+        } => {
+            let file = config::load_file(dir.config.as_deref())?;
+            let cfg = config::resolve(
+                file,
+                Overrides {
+                    data_dir: dir.data_dir.clone(),
+                    ..Default::default()
+                },
+            )?;
+            let limit = max_size
+                .map(|b| b.as_u64())
+                .or(cfg.cache.max_size)
+                .context("no size limit: set cache.max_size in proxy.toml or pass --max-size")?;
+            let pinned = crate::ops::gc::pinned_keys(&cfg.cache.pin).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let p = rt
+                .block_on(crate::ops::gc::run(
+                    &FsStore::new(&cfg.data_dir),
+                    limit,
+                    &pinned,
+                    dry_run,
+                ))
+                .map_err(anyhow::Error::msg)?;
+            let verb = if dry_run { "would evict" } else { "evicted" };
+            for (k, n) in &p.evict {
+                println!("{verb} {k} ({n} bytes)");
+            }
+            println!(
+                "gc: store {} bytes, limit {limit}; {verb} {} crates, {} bytes{}",
+                p.total,
+                p.evict.len(),
+                p.freed,
+                if p.total - p.freed > limit {
+                    " (still over the limit: the rest is private, pinned or index data)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
         }
         Command::Verify { repair, dir } => {
             let dir = data_dir(&dir)?;

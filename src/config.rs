@@ -76,6 +76,12 @@ pub struct CacheFile {
     pub hot_index_size: Option<ByteSize>,
     pub hot_crate_size: Option<ByteSize>,
     pub hot_crate_max_item: Option<ByteSize>,
+    /// Evict least-recently-used crates when the store grows over this.
+    pub max_size: Option<ByteSize>,
+    /// Lockfiles whose crates are never evicted.
+    pub pin: Option<Vec<PathBuf>>,
+    /// How often the background loop flushes access times and enforces max_size.
+    pub gc_interval: Option<String>,
 }
 
 /// Values from flags or the environment (clap reads both; the flag wins).
@@ -128,6 +134,9 @@ pub struct CacheConfig {
     pub hot_index_bytes: u64,
     pub hot_crate_bytes: u64,
     pub hot_crate_max_item: u64,
+    pub max_size: Option<u64>,
+    pub pin: Vec<PathBuf>,
+    pub gc_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +311,9 @@ pub fn resolve(file: FileConfig, ov: Overrides) -> Result<Config, ConfigError> {
             hot_index_bytes: c.hot_index_size.map_or(128 << 20, |b| b.as_u64()),
             hot_crate_bytes: c.hot_crate_size.map_or(256 << 20, |b| b.as_u64()),
             hot_crate_max_item: c.hot_crate_max_item.map_or(1 << 20, |b| b.as_u64()),
+            max_size: c.max_size.map(|b| b.as_u64()),
+            pin: c.pin.unwrap_or_default(),
+            gc_interval: duration("cache.gc_interval", c.gc_interval, Duration::from_secs(60))?,
         },
         private,
     })

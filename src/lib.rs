@@ -62,6 +62,8 @@ pub enum StartError {
     Upstream(#[from] upstream::UpstreamSetupError),
     #[error(transparent)]
     Registry(#[from] registry::RegistrySetupError),
+    #[error("{0}")]
+    Pin(String),
 }
 
 /// A wharf serving in the background.
@@ -79,7 +81,11 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.task).await.map_err(std::io::Error::other)?
+        let served = (&mut self.task).await.map_err(std::io::Error::other)?;
+        if let Err(e) = self.app.mirror.flush_access().await {
+            tracing::warn!(error = %e, "could not save access times");
+        }
+        served
     }
 }
 
@@ -146,7 +152,16 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
             metrics: metrics.clone(),
         },
     );
-    tokio::spawn(scan_store(store_for_scan, metrics.clone()));
+    let pinned = ops::gc::pinned_keys(&config.cache.pin).map_err(StartError::Pin)?;
+    tokio::spawn(scan_store(store_for_scan.clone(), metrics.clone()));
+    tokio::spawn(maintain(
+        mirror.clone(),
+        store_for_scan,
+        metrics.clone(),
+        config.cache.max_size,
+        pinned,
+        config.cache.gc_interval,
+    ));
     let app = server::App::new(mirror, registry, metrics, &public_url);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, app.clone(), async {
@@ -175,5 +190,37 @@ async fn scan_store(store: Arc<dyn store::Store>, metrics: Arc<metrics::Metrics>
             Err(e) => tracing::warn!(error = %e, "store scan failed"),
         }
         tokio::time::sleep(STORE_SCAN_INTERVAL).await;
+    }
+}
+
+/// Saves access times and keeps the store under `cache.max_size`, every `interval`.
+async fn maintain(
+    mirror: Arc<Mirror>,
+    store: Arc<dyn store::Store>,
+    metrics: Arc<metrics::Metrics>,
+    max_size: Option<u64>,
+    pinned: std::collections::HashSet<String>,
+    interval: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = mirror.flush_access().await {
+            tracing::warn!(error = %e, "could not save access times");
+        }
+        let Some(limit) = max_size else { continue };
+        match ops::gc::run(store.as_ref(), limit, &pinned, false).await {
+            Ok(p) if !p.evict.is_empty() => {
+                metrics.evicted(p.evict.len() as u64, p.freed);
+                tracing::info!(
+                    evicted = p.evict.len(),
+                    freed = p.freed,
+                    total = p.total,
+                    limit,
+                    "evicted least-recently-used crates"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        }
     }
 }

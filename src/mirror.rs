@@ -128,6 +128,7 @@ pub struct Mirror {
     /// The upstream's `dl` template, refreshed hourly.
     upstream_dl: Cache<(), Arc<str>>,
     metrics: Arc<Metrics>,
+    access: crate::ops::gc::AccessLog,
 }
 
 const UPSTREAM_CONFIG_KEY: &str = "upstream-config.json";
@@ -169,6 +170,7 @@ impl Mirror {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             metrics: s.metrics,
+            access: crate::ops::gc::AccessLog::default(),
         })
     }
 
@@ -178,6 +180,11 @@ impl Mirror {
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    /// Saves recorded crate access times to the store (for LRU eviction).
+    pub async fn flush_access(&self) -> Result<(), String> {
+        self.access.flush(self.store.as_ref()).await
     }
 
     // ---- index files -------------------------------------------------------------------
@@ -433,6 +440,21 @@ impl Mirror {
 
     /// A `.crate` file: hot tier, then store, then upstream (verified before caching).
     pub async fn crate_file(
+        self: &Arc<Self>,
+        name: &CrateName,
+        version: &str,
+    ) -> Result<CrateReply, Error> {
+        let r = self.crate_tiers(name, version).await;
+        if r.is_ok() {
+            self.access.touch(
+                &Key::krate(name, version),
+                policy::unix_secs(self.clock.now()),
+            );
+        }
+        r
+    }
+
+    async fn crate_tiers(
         self: &Arc<Self>,
         name: &CrateName,
         version: &str,

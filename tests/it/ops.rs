@@ -279,3 +279,153 @@ async fn export_import_and_serve_offline() {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_size(&path)
+            } else if e.file_name().to_string_lossy().starts_with('.') {
+                0
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn eviction_keeps_pinned_private_and_recent_crates() {
+    use wharf::registry::publish::{NewCrate, encode_body};
+    use wharf::registry::tokens::{self, Scope};
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let store = wharf::store::FsStore::new(data.path());
+    let tok = tokens::create(
+        &store,
+        "a",
+        "a",
+        Scope::Publish,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    let w = Wharf::start(&wharf_config(&up, data.path())).await;
+    // A private crate (never evicted).
+    let c = make_crate("inhouse", "1.0.0", &[], &[]);
+    let meta: NewCrate =
+        serde_json::from_value(serde_json::json!({"name": "inhouse", "vers": "1.0.0"})).unwrap();
+    let r = client()
+        .put(format!("{}/private/api/v1/crates/new", w.url))
+        .header("authorization", &tok)
+        .body(encode_body(&meta, &c.bytes))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Mirror crates, used in this order (oldest first).
+    for p in [
+        "alpha/1.0.0",
+        "gamma_util/1.0.0",
+        "beta/0.2.0",
+        "alpha/1.1.0",
+    ] {
+        w.clock.advance(std::time::Duration::from_secs(10));
+        let r = w.get(&format!("/api/v1/crates/{p}/download")).await;
+        assert_eq!(r.status(), 200, "{p}");
+    }
+    w.running.shutdown().await.unwrap(); // flushes access times
+
+    let crate_file = |p: &str| data.path().join(format!("crates-v1/{p}"));
+    let gamma = crate_file("ga/mm/gamma_util/gamma_util-1.0.0.crate");
+    let beta = crate_file("be/ta/beta/beta-0.2.0.crate");
+    let alpha_old = crate_file("al/ph/alpha/alpha-1.0.0.crate");
+    let alpha_new = crate_file("al/ph/alpha/alpha-1.1.0.crate");
+    let total = dir_size(data.path());
+    let limit = total - std::fs::metadata(&gamma).unwrap().len() - 1;
+
+    // alpha 1.0.0 is the oldest, but pinned by a lockfile.
+    let lock = data.path().join("pin.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            "version = 4\n[[package]]\nname = \"alpha\"\nversion = \"1.0.0\"\nsource = \"registry+{}\"\n",
+            tame_index::CRATES_IO_INDEX
+        ),
+    )
+    .unwrap();
+    let cfg_file = data.path().join("wharf.toml");
+    std::fs::write(&cfg_file, format!("[cache]\npin = [{:?}]\n", lock)).unwrap();
+    let gc = |dry: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+        c.arg("gc")
+            .arg("--config")
+            .arg(&cfg_file)
+            .arg("--data-dir")
+            .arg(data.path());
+        c.args(["--max-size", &limit.to_string()]);
+        if dry {
+            c.arg("--dry-run");
+        }
+        async move {
+            let out = c.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let out = gc(true).await;
+    assert!(out.contains("would evict 2 crates"), "{out}");
+    assert!(gamma.exists() && beta.exists());
+    let out = gc(false).await;
+    assert!(out.contains("evicted 2 crates"), "{out}");
+    assert!(!gamma.exists() && !beta.exists(), "LRU crates were kept");
+    assert!(alpha_old.exists(), "the pinned crate was evicted");
+    assert!(alpha_new.exists(), "the most recent crate was evicted");
+    assert!(
+        dir_size(data.path()) <= limit + 1024,
+        "still over the limit"
+    );
+    let blobs = data.path().join("private-v1/blobs");
+    assert_eq!(
+        dir_size(&blobs),
+        c.bytes.len() as u64,
+        "a private crate was evicted"
+    );
+
+    // The server does the same in the background.
+    let mut cfg = wharf_config(&up, data.path());
+    cfg.cache.max_size = Some(dir_size(data.path()) - 1);
+    cfg.cache.gc_interval = std::time::Duration::from_millis(100);
+    cfg.cache.pin = vec![lock.clone()];
+    let w = Wharf::start(&cfg).await;
+    let mut evicted = 0;
+    for _ in 0..100 {
+        let t = w.get("/metrics").await.text().await.unwrap();
+        evicted = t
+            .lines()
+            .find_map(|l| l.strip_prefix("wharf_evictions_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if evicted > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(evicted >= 1, "background eviction did not run");
+    assert!(alpha_old.exists());
+    // An evicted crate is simply fetched again.
+    assert_eq!(
+        w.get("/api/v1/crates/beta/0.2.0/download").await.status(),
+        200
+    );
+    w.running.shutdown().await.unwrap();
+}
