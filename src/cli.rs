@@ -253,14 +253,7 @@ pub fn main() -> anyhow::Result<()> {
             max_size,
             dir,
         } => {
-            let file = config::load_file(dir.config.as_deref())?;
-            let cfg = config::resolve(
-                file,
-                Overrides {
-                    data_dir: dir.data_dir.clone(),
-                    ..Default::default()
-                },
-            )?;
+            let cfg = dir_config(&dir)?;
             let limit = max_size
                 .map(|b| b.as_u64())
                 .or(cfg.cache.max_size)
@@ -314,16 +307,7 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn prefetch(lockfiles: &[PathBuf], server: &str, jobs: usize) -> anyhow::Result<()> {
     use crate::ops::prefetch;
-    let mut items = Vec::new();
-    for f in lockfiles {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        items.extend(
-            prefetch::plan(&text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("in {}", f.display()))?,
-        );
-    }
+    let items = prefetch::plan_files(lockfiles).map_err(anyhow::Error::msg)?;
     let s = prefetch::run(items, server, jobs, true).await;
     for (name, why) in &s.skipped {
         eprintln!("skipped  {name}: {why}");
@@ -352,16 +336,7 @@ async fn export(
     static_url: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let mut items = Vec::new();
-    for f in lockfiles {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        items.extend(
-            crate::ops::prefetch::plan(&text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("in {}", f.display()))?,
-        );
-    }
+    let items = crate::ops::prefetch::plan_files(lockfiles).map_err(anyhow::Error::msg)?;
     let s = crate::ops::bundle::export(&FsStore::new(dir), &items, out, static_url).await?;
     eprintln!(
         "export: {} index files and {} crates ({} bytes) written to {}",
@@ -410,16 +385,20 @@ async fn verify(dir: &std::path::Path, repair: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn data_dir(d: &DataDirArgs) -> anyhow::Result<PathBuf> {
+/// The settings of the wharf whose data directory a maintenance command works on.
+fn dir_config(d: &DataDirArgs) -> anyhow::Result<config::Config> {
     let file = config::load_file(d.config.as_deref())?;
-    let cfg = config::resolve(
+    Ok(config::resolve(
         file,
         Overrides {
             data_dir: d.data_dir.clone(),
             ..Default::default()
         },
-    )?;
-    Ok(cfg.data_dir)
+    )?)
+}
+
+fn data_dir(d: &DataDirArgs) -> anyhow::Result<PathBuf> {
+    Ok(dir_config(d)?.data_dir)
 }
 
 async fn token_cmd(cmd: TokenCmd) -> anyhow::Result<()> {

@@ -194,12 +194,11 @@ pub fn download_url(template: &str, name: &str, version: &str, cksum: &str) -> S
         let sep = if template.ends_with('/') { "" } else { "/" };
         return format!("{template}{sep}{name}/{version}/download");
     }
-    let prefix = match name.len() {
-        1 => "1".to_owned(),
-        2 => "2".to_owned(),
-        3 => format!("3/{}", &name[..1]),
-        _ => format!("{}/{}", &name[..2], &name[2..4]),
-    };
+    // tame-index's prefix keeps the name's case, as `{prefix}` requires.
+    let mut prefix = String::with_capacity(6);
+    if let Ok(k) = tame_index::KrateName::try_from(name) {
+        k.prefix(&mut prefix, '/');
+    }
     template
         .replace("{crate}", name)
         .replace("{version}", version)

@@ -119,21 +119,18 @@ pub fn plan(
 
 /// Store keys of every crates.io package in `cache.pin` lockfiles.
 pub fn pinned_keys(lockfiles: &[std::path::PathBuf]) -> Result<HashSet<String>, String> {
-    let mut out = HashSet::new();
-    for f in lockfiles {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read cache.pin lockfile {}: {e}", f.display()))?;
-        let items = crate::ops::prefetch::plan(&text)
-            .map_err(|e| format!("cache.pin lockfile {}: {e}", f.display()))?;
-        for it in items {
-            if let crate::ops::prefetch::Item::Mirror { name, version, .. } = it
-                && let Ok(n) = crate::index::CrateName::parse(&name)
-            {
-                out.insert(Key::krate(&n, &version).as_str().to_owned());
+    let items = crate::ops::prefetch::plan_files(lockfiles)
+        .map_err(|e| format!("cache.pin lockfile {e}"))?;
+    Ok(items
+        .into_iter()
+        .filter_map(|it| match it {
+            crate::ops::prefetch::Item::Mirror { name, version, .. } => {
+                let n = crate::index::CrateName::parse(&name).ok()?;
+                Some(Key::krate(&n, &version).as_str().to_owned())
             }
-        }
-    }
-    Ok(out)
+            crate::ops::prefetch::Item::Skip { .. } => None,
+        })
+        .collect())
 }
 
 /// Plans and (unless `dry_run`) deletes. Returns the plan as carried out.

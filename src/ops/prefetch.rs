@@ -73,6 +73,17 @@ pub fn plan(lock: &str) -> Result<Vec<Item>, String> {
         .collect())
 }
 
+/// `plan` over lockfiles on disk, concatenated.
+pub fn plan_files(lockfiles: &[std::path::PathBuf]) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    for f in lockfiles {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        items.extend(plan(&text).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    Ok(items)
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     pub fetched: usize,
