@@ -33,9 +33,20 @@ pub struct FileConfig {
     #[serde(default)]
     pub cache: CacheFile,
     #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
     pub private: PrivateFile,
     #[serde(default)]
     pub auth: AuthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// A client must send its request headers within this (slowloris guard).
+    pub header_read_timeout: Option<String>,
+    /// A client must send a request body (publish) within this.
+    pub body_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,7 +117,14 @@ pub struct Config {
     pub log_format: LogFormat,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
+    pub server: ServerConfig,
     pub private: PrivateConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub header_read_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +332,18 @@ pub fn resolve(file: FileConfig, ov: Overrides) -> Result<Config, ConfigError> {
             max_size: c.max_size.map(|b| b.as_u64()),
             pin: c.pin.unwrap_or_default(),
             gc_interval: duration("cache.gc_interval", c.gc_interval, Duration::from_secs(60))?,
+        },
+        server: ServerConfig {
+            header_read_timeout: duration(
+                "server.header_read_timeout",
+                file.server.header_read_timeout,
+                Duration::from_secs(30),
+            )?,
+            body_timeout: duration(
+                "server.body_timeout",
+                file.server.body_timeout,
+                Duration::from_secs(60),
+            )?,
         },
         private,
     })

@@ -162,7 +162,7 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         pinned,
         config.cache.gc_interval,
     ));
-    let app = server::App::new(mirror, registry, metrics, &public_url);
+    let app = server::App::new(mirror, registry, metrics, &public_url, &config.server);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, app.clone(), async {
         let _ = rx.await;

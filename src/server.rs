@@ -37,6 +37,9 @@ pub struct App {
     config_json: Bytes,
     config_etag: HeaderValue,
     started: Instant,
+    /// `server.header_read_timeout` and `server.body_timeout`.
+    pub header_read_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl App {
@@ -45,6 +48,7 @@ impl App {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         public_url: &str,
+        limits: &crate::config::ServerConfig,
     ) -> Arc<Self> {
         let config_json = index::mirror_config_json(public_url);
         let config_etag = HeaderValue::from_str(&index::etag_for(&config_json))
@@ -57,14 +61,14 @@ impl App {
             config_json,
             config_etag,
             started: Instant::now(),
+            header_read_timeout: limits.header_read_timeout,
+            body_timeout: limits.body_timeout,
         })
     }
 }
 
-/// How long a client may take to send its request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client may take to send a request body (publish), slow-body guard.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest request head (request line + headers) read; larger ones get 431.
+const MAX_HEAD_BYTES: usize = 64 << 10;
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -79,9 +83,13 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(app.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -181,6 +189,7 @@ fn redact(path: &str) -> String {
 
 async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let path = req.uri().path().to_owned();
+
     if let Some(rest) = path.strip_prefix("/t/") {
         // Token in the path, for cargo older than 1.74 (no auth-required support).
         return match rest.split_once('/') {
@@ -359,7 +368,7 @@ async fn private(
     match (method.clone(), segs.as_slice()) {
         (Method::PUT, ["new"]) => {
             let who = writer()?;
-            let body = read_body(req, reg.max_body()).await?;
+            let body = read_body(req, reg.max_body(), app.body_timeout).await?;
             json_ok(reg.publish(who, body).await?)
         }
         (Method::GET, []) | (Method::GET, [""]) => {
@@ -390,7 +399,7 @@ async fn private(
                 }
                 Method::PUT | Method::DELETE => {
                     let who = writer()?;
-                    let body = read_body(req, 64 << 10).await?;
+                    let body = read_body(req, 64 << 10, app.body_timeout).await?;
                     #[derive(serde::Deserialize)]
                     struct Users {
                         users: Vec<String>,
@@ -429,8 +438,8 @@ fn search_params(query: &str) -> (String, usize) {
 }
 
 /// Reads a request body up to `max` bytes (checked against Content-Length before reading),
-/// within `BODY_READ_TIMEOUT`.
-async fn read_body(req: Request<Incoming>, max: u64) -> Result<Bytes, Error> {
+/// within `timeout`.
+async fn read_body(req: Request<Incoming>, max: u64, timeout: Duration) -> Result<Bytes, Error> {
     use http_body_util::BodyExt;
     let too_large = || Error::TooLarge(format!("the request body is over the {max} byte limit"));
     let declared = req
@@ -442,7 +451,7 @@ async fn read_body(req: Request<Incoming>, max: u64) -> Result<Bytes, Error> {
         return Err(too_large());
     }
     let limited = http_body_util::Limited::new(req.into_body(), max as usize);
-    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+    match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(Error::BadRequest(
             "the request body did not arrive in time".into(),
         )),

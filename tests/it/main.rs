@@ -1,6 +1,7 @@
 //! One integration-test binary: wharf in-process against a fake upstream, driven by HTTP
 //! requests and by the real `cargo`.
 
+mod battery;
 mod ops;
 mod private;
 mod support;

@@ -153,6 +153,8 @@ pub enum Fault {
     ResetMidBody,
     /// Sends other bytes than the crate's.
     WrongBytes,
+    /// Announces the full Content-Length but sends only half of the crate.
+    Truncated,
     /// Omits ETag (and Last-Modified) on index responses.
     NoEtag,
 }
@@ -419,6 +421,12 @@ async fn serve(st: &State, addr: SocketAddr, req: Request<Incoming>) -> Response
                 let mid = b.len() / 2;
                 b[mid] ^= 0xff;
                 full(StatusCode::OK, b)
+            }
+            Some(Fault::Truncated) => {
+                let mut r = full(StatusCode::OK, v.bytes.slice(..v.bytes.len() / 2));
+                r.headers_mut()
+                    .insert("content-length", v.bytes.len().to_string().parse().unwrap());
+                r
             }
             Some(Fault::ResetMidBody) => {
                 let half = v.bytes.slice(..v.bytes.len() / 2);
