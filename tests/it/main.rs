@@ -2,6 +2,7 @@
 //! requests and by the real `cargo`.
 
 mod battery;
+mod crash;
 mod ops;
 mod private;
 mod support;
