@@ -184,3 +184,51 @@ async fn kill_9_during_prefetch_and_publish_loses_nothing() {
     drop(c);
     verify_ok(data.path()).await;
 }
+
+/// The upstream flaps every few hundred ms while fresh cargo clients fetch in a loop: once
+/// the data is cached every fetch succeeds. `WHARF_SOAK_ROUNDS` runs it longer by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_with_flapping_upstream() {
+    let up = std::sync::Arc::new(FakeUpstream::start().await);
+    super::publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = wharf_config(&up, data.path());
+    cfg.cache.policy.ttl = Duration::ZERO; // every cargo run revalidates: worst case
+    cfg.cache.policy.stale_while_revalidate = Duration::ZERO;
+    cfg.cache.policy.error_backoff = Duration::from_millis(100);
+    let w = Wharf::start(&cfg).await;
+    let env = CargoEnv::new(&w.url, super::CONSUMER_DEPS);
+    let (ok, out) = env.cargo(&["generate-lockfile"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = env.cargo(&["fetch"]).await;
+    assert!(ok, "{out}");
+
+    let flapper = {
+        let up = up.clone();
+        tokio::spawn(async move {
+            let mut down = false;
+            loop {
+                down = !down;
+                up.set_down(down);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let rounds: usize = std::env::var("WHARF_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    for i in 0..rounds {
+        env.fresh_home();
+        let (ok, out) = env.cargo(&["generate-lockfile"]).await;
+        assert!(ok, "round {i}: resolve failed while upstream flaps:\n{out}");
+        let (ok, out) = env.cargo(&["fetch", "--locked"]).await;
+        assert!(ok, "round {i}: fetch failed while upstream flaps:\n{out}");
+    }
+    flapper.abort();
+    eprintln!(
+        "soak: {rounds} rounds of resolve + fetch, all succeeded; upstream saw {} requests",
+        up.total()
+    );
+    w.running.shutdown().await.unwrap();
+}
