@@ -332,3 +332,134 @@ fn walk(p: &std::path::Path) -> Vec<String> {
     }
     v
 }
+
+#[tokio::test]
+async fn read_only_data_dir_serves_hits_and_refuses_crate_misses() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let Some(_mnt) = Tmpfs::mount(&data, "4m") else {
+        assert_ne!(unsafe_uid(), 0, "root but tmpfs mount failed");
+        eprintln!("skipping: mounting tmpfs needs root");
+        return;
+    };
+    let w = Wharf::start(&wharf_config(&up, &data)).await;
+    assert_eq!(
+        w.get("/api/v1/crates/beta/0.2.0/download").await.status(),
+        200
+    );
+    w.running.shutdown().await.unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Restarted on the read-only directory: cached data from disk, misses refused cleanly.
+    let w = Wharf::start(&wharf_config(&up, &data)).await;
+    assert_eq!(
+        w.get("/api/v1/crates/beta/0.2.0/download").await.status(),
+        200
+    );
+    assert_eq!(w.get("/index/be/ta/beta").await.status(), 200);
+    let r = w.get("/api/v1/crates/gamma_util/1.2.0/download").await;
+    assert_eq!(r.status(), 503);
+    // An index miss is still served (it just is not persisted).
+    assert_eq!(w.get("/index/al/ph/alpha").await.status(), 200);
+    w.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_never_reach_logs_and_host_header_is_ignored() {
+    use tokio::io::AsyncBufReadExt;
+    let up = FakeUpstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let tok = wharf::registry::tokens::create(
+        &wharf::store::FsStore::new(data.path()),
+        "ci",
+        "ci",
+        wharf::registry::tokens::Scope::Read,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.index_url(),
+        ])
+        .args(["--public-url", "http://wharf.internal:8080"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .env_remove("WHARF_CONFIG")
+        .current_dir(data.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if let Some(rest) = l.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().unwrap().to_owned();
+            break;
+        }
+    }
+    let base = format!("http://{addr}");
+    let wrong = "wharf_0123456789abcdef0123456789abcdef01234567";
+    let c = client();
+    let r = c
+        .get(format!("{base}/t/{tok}/private/index/config.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .put(format!("{base}/private/api/v1/crates/new"))
+        .header("authorization", wrong)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        !r.text().await.unwrap().contains(wrong),
+        "token echoed in an error"
+    );
+    // A crafted Host header cannot redirect downloads: public_url comes from config only.
+    let r = c
+        .get(format!("{base}/index/config.json"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["dl"], "http://wharf.internal:8080/api/v1/crates");
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut log = String::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        log.push_str(&l);
+        log.push('\n');
+    }
+    let _ = child.wait().await;
+    assert!(
+        log.contains("/t/<token>/private/index/config.json"),
+        "{log}"
+    );
+    assert!(!log.contains(&tok), "the token appeared in the log");
+    assert!(
+        !log.contains(wrong),
+        "a presented token appeared in the log"
+    );
+}
