@@ -487,7 +487,8 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         data_dir = %cfg.data_dir.display(),
         upstream = %cfg.upstream.index_url,
         offline = cfg.offline,
-        "listening on http://{}",
+        "listening on {}://{}",
+        if cfg.server.tls.is_some() { "https" } else { "http" },
         running.addr
     );
     tracing::info!(

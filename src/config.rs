@@ -47,6 +47,9 @@ pub struct ServerFile {
     pub header_read_timeout: Option<String>,
     /// A client must send a request body (publish) within this.
     pub body_timeout: Option<String>,
+    /// PEM certificate chain and private key: serve HTTPS with ALPN h2.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +128,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub body_timeout: Duration,
+    /// (certificate chain, private key), both PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +349,17 @@ pub fn resolve(file: FileConfig, ov: Overrides) -> Result<Config, ConfigError> {
                 file.server.body_timeout,
                 Duration::from_secs(60),
             )?,
+            tls: match (file.server.tls_cert, file.server.tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "server.tls_cert",
+                        value: String::new(),
+                        why: "server.tls_cert and server.tls_key go together".into(),
+                    });
+                }
+            },
         },
         private,
     })

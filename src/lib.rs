@@ -64,6 +64,8 @@ pub enum StartError {
     Registry(#[from] registry::RegistrySetupError),
     #[error("{0}")]
     Pin(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A wharf serving in the background.
@@ -105,10 +107,15 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
         addr: config.listen,
         source,
     })?;
+    let tls = match &config.server.tls {
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let metrics = Arc::new(metrics::Metrics::default());
     let up = &config.upstream;
     let upstream = Upstream::new(
@@ -164,7 +171,7 @@ pub async fn start(config: &Config, clock: Clock) -> Result<Running, StartError>
     ));
     let app = server::App::new(mirror, registry, metrics, &public_url, &config.server);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, app.clone(), async {
+    let task = tokio::spawn(server::run(listener, app.clone(), tls, async {
         let _ = rx.await;
     }));
     Ok(Running {

@@ -701,3 +701,64 @@ async fn upstream_tls_with_private_ca_file() {
     assert_eq!(&r.bytes().await.unwrap()[..], &up.index_body("beta")[..]);
     w.running.shutdown().await.unwrap();
 }
+
+/// wharf over HTTPS (private CA): ALPN gives HTTP/2, and cargo fetches through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serves_https_with_h2_to_cargo() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = cert_chain();
+    let dir = data.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, v) in [("ca.pem", &ca), ("cert.pem", &leaf), ("key.pem", &key)] {
+        std::fs::write(dir.join(f), v).unwrap();
+    }
+    let mut cfg = wharf_config(&up, &data.path().join("store"));
+    cfg.server.tls = Some((dir.join("cert.pem"), dir.join("key.pem")));
+    let w = Wharf::start(&cfg).await;
+    assert!(w.url.starts_with("https://127.0.0.1:"), "{}", w.url);
+
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!("{}/index/be/ta/beta", w.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN did not select h2"
+    );
+    let v: serde_json::Value = c
+        .get(format!("{}/index/config.json", w.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["dl"].as_str().unwrap().starts_with("https://"));
+
+    let env = CargoEnv::new(&w.url, CONSUMER_DEPS);
+    let cainfo = dir.join("ca.pem");
+    let cainfo = cainfo.to_str().unwrap();
+    let (ok, out) = env
+        .cargo_env(&["generate-lockfile"], &[("CARGO_HTTP_CAINFO", cainfo)])
+        .await;
+    assert!(ok, "{out}");
+    let (ok, out) = env
+        .cargo_env(&["fetch"], &[("CARGO_HTTP_CAINFO", cainfo)])
+        .await;
+    assert!(ok, "cargo over https failed:\n{out}");
+    // Without the CA, cargo refuses the certificate.
+    env.fresh_home();
+    let (ok, _) = env.cargo(&["fetch"]).await;
+    assert!(!ok, "cargo trusted an unknown CA");
+    w.running.shutdown().await.unwrap();
+}
