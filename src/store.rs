@@ -179,6 +179,10 @@ fn version_of(meta: &std::fs::Metadata) -> String {
     format!("{}-{mtime}", meta.len())
 }
 
+/// Objects at least this large are memory-mapped rather than copied into a new buffer on
+/// every read (large crates served from disk cost no allocation).
+const MMAP_THRESHOLD: u64 = 256 << 10;
+
 fn read_object(path: &Path) -> std::io::Result<Option<Object>> {
     use std::io::Read;
     let mut f = match std::fs::File::open(path) {
@@ -187,10 +191,20 @@ fn read_object(path: &Path) -> std::io::Result<Option<Object>> {
         Err(e) => return Err(e),
     };
     let meta = f.metadata()?;
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut buf)?;
+    let bytes = if meta.len() >= MMAP_THRESHOLD {
+        // SAFETY: files in the store are never modified or truncated in place: every write
+        // creates a new file and renames (or links) it over the old name, and deletion
+        // only unlinks. A mapping therefore always sees the complete, unchanging bytes of
+        // the inode it mapped, which stays alive until the mapping is dropped.
+        let map = unsafe { memmap2::Mmap::map(&f)? };
+        Bytes::from_owner(map)
+    } else {
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut buf)?;
+        Bytes::from(buf)
+    };
     Ok(Some(Object {
-        bytes: Bytes::from(buf),
+        bytes,
         version: version_of(&meta),
     }))
 }
@@ -404,6 +418,16 @@ mod tests {
         );
 
         s.put(&k2, Bytes::from_static(b"replaced")).await.unwrap();
+        // Large objects (memory-mapped) read back exactly, and survive replacement.
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let kb = Key::krate(&name("big"), "1.0.0");
+        s.put(&kb, Bytes::from(big.clone())).await.unwrap();
+        let held = s.get(&kb).await.unwrap().unwrap().bytes;
+        s.put(&kb, Bytes::from_static(b"small now")).await.unwrap();
+        assert_eq!(&held[..], &big[..], "a mapping changed under its reader");
+        assert_eq!(&s.get(&kb).await.unwrap().unwrap().bytes[..], b"small now");
+        assert!(s.delete(&kb).await.unwrap());
+        assert_eq!(held.len(), big.len());
         let mut keys: Vec<String> = s.list("").await.unwrap().into_iter().map(|k| k.0).collect();
         keys.sort();
         assert_eq!(
