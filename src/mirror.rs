@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use moka::future::Cache;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
@@ -52,8 +54,27 @@ pub struct IndexReply {
 }
 
 pub struct CrateReply {
-    pub body: Bytes,
+    pub body: CrateBody,
     pub status: CacheStatus,
+}
+
+/// A crate's bytes: complete, or streaming from upstream while being verified.
+pub enum CrateBody {
+    Full(Bytes),
+    /// Chunks as they arrive; the last one is only sent once the sha256 matched, and a
+    /// `Fail` ends the stream with an error (the client never sees a complete response).
+    Stream {
+        len: Option<u64>,
+        rx: mpsc::UnboundedReceiver<Chunk>,
+    },
+}
+
+/// What the loader of a large crate tells the request that is streaming it.
+#[derive(Debug)]
+pub enum Chunk {
+    Start(Option<u64>),
+    Data(Bytes),
+    Fail(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +150,8 @@ pub struct Mirror {
     upstream_dl: Cache<(), Arc<str>>,
     metrics: Arc<Metrics>,
     access: crate::ops::gc::AccessLog,
+    /// Cold crates larger than this stream to the client while downloading.
+    stream_above: u64,
 }
 
 const UPSTREAM_CONFIG_KEY: &str = "upstream-config.json";
@@ -171,6 +194,7 @@ impl Mirror {
                 .build(),
             metrics: s.metrics,
             access: crate::ops::gc::AccessLog::default(),
+            stream_above: max_item,
         })
     }
 
@@ -462,35 +486,58 @@ impl Mirror {
         let key = format!("{}/{version}", name.lower());
         if let Some(c) = self.crates.get(&key).await {
             return Ok(CrateReply {
-                body: c.body,
+                body: CrateBody::Full(c.body),
                 status: CacheStatus::Hit,
             });
         }
-        let entry = self
-            .crates
-            .entry(key)
-            .or_try_insert_with(self.load_crate(name, version))
-            .await
-            .map_err(|e| (*e).clone())?;
-        let loaded_now = entry.is_fresh();
+        // The load runs in its own task, so it finishes (and caches) even if this client
+        // goes away; only the request whose loader actually runs receives `Chunk`s.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        let (n, v) = (name.clone(), version.to_owned());
+        let mut load = tokio::spawn(async move {
+            let entry = this
+                .crates
+                .entry(key)
+                .or_try_insert_with(this.load_crate(&n, &v, Some(tx)))
+                .await
+                .map_err(|e| (*e).clone())?;
+            Ok::<_, Error>((entry.is_fresh(), entry.into_value()))
+        });
+        let loaded = tokio::select! {
+            r = &mut load => r,
+            msg = rx.recv() => match msg {
+                Some(Chunk::Start(len)) => {
+                    return Ok(CrateReply {
+                        body: CrateBody::Stream { len, rx },
+                        status: CacheStatus::Miss,
+                    });
+                }
+                _ => load.await,
+            },
+        };
+        let (loaded_now, c) =
+            loaded.map_err(|e| Error::Storage(format!("crate loader failed: {e}")))??;
         if !loaded_now {
             self.metrics.cache(CacheEvent::Coalesced);
         }
-        let c = entry.into_value();
         Ok(CrateReply {
             status: if loaded_now && c.origin == Origin::Upstream {
                 CacheStatus::Miss
             } else {
                 CacheStatus::Hit
             },
-            body: c.body,
+            body: CrateBody::Full(c.body),
         })
     }
 
+    /// Store, else upstream. With `stream`, a large download is also forwarded chunk by
+    /// chunk, holding the last chunk back until the checksum is verified.
     async fn load_crate(
         self: &Arc<Self>,
         name: &CrateName,
         version: &str,
+        stream: Option<mpsc::UnboundedSender<Chunk>>,
     ) -> Result<CachedCrate, Error> {
         let key = Key::krate(name, version);
         match self.store.get(&key).await {
@@ -513,9 +560,9 @@ impl Mirror {
         // `+` (build metadata) is percent-encoded, as the registry's object storage expects.
         let url = index::download_url(&dl, &entry.name, &version.replace('+', "%2B"), &entry.cksum);
         let what = || format!("downloading `{name}` {version}");
-        let body = self
+        let mut download = self
             .upstream
-            .fetch_crate(&url)
+            .open_crate(&url)
             .await
             .map_err(|source| Error::Upstream {
                 what: what(),
@@ -532,10 +579,46 @@ impl Mirror {
                     },
                 }
             })?;
-        let actual = index::sha256_hex(&body);
+        let stream = stream.filter(|_| download.len.is_some_and(|n| n > self.stream_above));
+        let fail = |msg: String| {
+            if let Some(tx) = &stream {
+                let _ = tx.send(Chunk::Fail(msg));
+            }
+        };
+        if let Some(tx) = &stream {
+            let _ = tx.send(Chunk::Start(download.len));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = bytes::BytesMut::with_capacity(download.len.unwrap_or(0) as usize);
+        let mut held: Option<Bytes> = None;
+        loop {
+            match download.chunk().await {
+                Ok(Some(c)) => {
+                    hasher.update(&c);
+                    buf.extend_from_slice(&c);
+                    if let Some(tx) = &stream
+                        && let Some(prev) = held.replace(c)
+                    {
+                        // A client that went away only stops receiving; the download goes on.
+                        let _ = tx.send(Chunk::Data(prev));
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    fail(source.to_string());
+                    return Err(Error::Upstream {
+                        what: what(),
+                        source,
+                    });
+                }
+            }
+        }
+        let body = buf.freeze();
+        let actual = hex::encode(hasher.finalize());
         if actual != entry.cksum {
             warn!(krate = %name, version, expected = %entry.cksum, actual = %actual, "checksum mismatch; not cached");
             self.metrics.checksum_failure();
+            fail(format!("checksum mismatch for {name} {version}"));
             return Err(Error::ChecksumMismatch {
                 name: entry.name,
                 version: version.to_owned(),
@@ -547,10 +630,15 @@ impl Mirror {
             Ok(_) => info!(krate = %name, version, bytes = body.len(), "crate cached"),
             Err(e) => {
                 warn!(krate = %name, version, error = %e, "could not store crate");
+                fail(format!("could not store {name} {version}"));
                 return Err(Error::Storage(format!(
                     "could not store `{name}` {version}; check the data directory ({e})"
                 )));
             }
+        }
+        // Verified and stored: now the streaming client may have the end of the file.
+        if let (Some(tx), Some(last)) = (&stream, held) {
+            let _ = tx.send(Chunk::Data(last));
         }
         Ok(CachedCrate {
             body,

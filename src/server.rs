@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -22,11 +22,17 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use crate::error::{Error, cargo_error_json};
 use crate::index::{self, IndexRequest};
 use crate::metrics::{CacheEvent, Metrics, Route};
-use crate::mirror::{CacheStatus, Mirror};
+use crate::mirror::{CacheStatus, Chunk, CrateBody, Mirror};
 use crate::registry::{Identity, Registry};
 use crate::upstream::Reachability;
 
-pub type Body = Full<Bytes>;
+/// Response bodies: complete buffers, or a crate streaming in from upstream.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: Bytes) -> Body {
+    use http_body_util::BodyExt;
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
 
 /// Everything a request handler needs.
 pub struct App {
@@ -203,6 +209,11 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     // Content-Length is only added by hyper when writing; the body knows its size.
     let len = hyper::body::Body::size_hint(resp.body())
         .exact()
+        .or_else(|| {
+            resp.headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+        })
         .unwrap_or(0);
     app.metrics.request(route_kind, resp.status().as_u16(), len);
     if let Some(c) = resp.headers().get(&CACHE_HEADER) {
@@ -263,7 +274,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Erro
         return Ok(health(app));
     }
     if path == "/metrics" {
-        let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+        let mut r = Response::new(full(Bytes::from(app.metrics.render())));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -374,7 +385,7 @@ async fn private(
 
     if rest == "/me" && is_get {
         let text = "wharf has no web login. Ask an administrator to run\n  wharf token create --name YOUR-NAME --scope publish\non the server, then run\n  cargo login --registry wharf\nand paste the token.\n";
-        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -429,7 +440,10 @@ async fn private(
             read_ok()?;
             let (name, version) = index::parse_download(name, version).map_err(|e| bad_path(&e))?;
             record_crate(&name, &version);
-            Ok(crate_response(reg.download(&name, &version).await?, None))
+            Ok(crate_response(
+                CrateBody::Full(reg.download(&name, &version).await?),
+                None,
+            ))
         }
         (Method::DELETE, [name, version, "yank"]) | (Method::PUT, [name, version, "unyank"]) => {
             let (name, version) = index::parse_download(name, version).map_err(|e| bad_path(&e))?;
@@ -549,11 +563,11 @@ fn conditional(
         .zip(etag.to_str().ok())
         .is_some_and(|(inm, ours)| index::if_none_match_matches(inm, ours));
     let mut resp = if not_modified {
-        let mut r = Response::new(Body::default());
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        let mut r = Response::new(Full::new(body));
+        let mut r = Response::new(full(body));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         r
@@ -577,8 +591,30 @@ fn conditional(
     resp
 }
 
-fn crate_response(body: Bytes, status: Option<CacheStatus>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body));
+fn crate_response(body: CrateBody, status: Option<CacheStatus>) -> Response<Body> {
+    let mut r = match body {
+        CrateBody::Full(b) => Response::new(full(b)),
+        CrateBody::Stream { len, rx } => {
+            use http_body_util::BodyExt;
+            let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    match rx.recv().await? {
+                        Chunk::Data(b) => return Some((Ok(Frame::data(b)), rx)),
+                        // An error frame makes hyper abort the response: the client sees a
+                        // broken transfer (and retries), never a complete wrong file.
+                        Chunk::Fail(m) => return Some((Err(std::io::Error::other(m)), rx)),
+                        Chunk::Start(_) => {}
+                    }
+                }
+            });
+            let mut r = Response::new(http_body_util::StreamBody::new(frames).boxed());
+            if let Some(n) = len {
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            r
+        }
+    };
     let h = r.headers_mut();
     // Never Content-Encoding: cargo hashes the bytes exactly as received.
     h.insert(
@@ -620,7 +656,7 @@ fn health(app: &App) -> Response<Body> {
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -81,6 +81,38 @@ pub enum IndexFetch {
     NotFound,
 }
 
+/// A `.crate` body being received from upstream.
+pub struct CrateDownload<'a> {
+    up: &'a Upstream,
+    resp: reqwest::Response,
+    started: Instant,
+    read: u64,
+    /// Content-Length as announced (a lie shows up as a transfer error).
+    pub len: Option<u64>,
+}
+
+impl CrateDownload<'_> {
+    /// The next piece of the body; `Ok(None)` at the end. Enforces `upstream.max_body`.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let r = match self.resp.chunk().await.map_err(UpstreamError::from_reqwest) {
+            Ok(Some(c)) => {
+                self.read += c.len() as u64;
+                if self.read > self.up.max_body {
+                    Err(UpstreamError::Transfer(format!(
+                        "body larger than the {} byte limit",
+                        self.up.max_body
+                    )))
+                } else {
+                    return Ok(Some(c));
+                }
+            }
+            other => other,
+        };
+        self.up.observe(UpstreamKind::Crate, self.started, &r);
+        r
+    }
+}
+
 /// Upstream reachability as last observed, for `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reachability {
@@ -264,8 +296,9 @@ impl Upstream {
         r
     }
 
-    /// Downloads a `.crate`. `Ok(None)` is a real upstream 404.
-    pub async fn fetch_crate(&self, url: &str) -> Result<Option<Bytes>, UpstreamError> {
+    /// Starts a `.crate` download; the body is then read with [`CrateDownload::chunk`].
+    /// `Ok(None)` is a real upstream 404.
+    pub async fn open_crate(&self, url: &str) -> Result<Option<CrateDownload<'_>>, UpstreamError> {
         let started = Instant::now();
         let r = async {
             let resp = self
@@ -276,14 +309,33 @@ impl Upstream {
                 .await
                 .map_err(UpstreamError::from_reqwest)?;
             match resp.status().as_u16() {
-                200 => self.read_body(resp).await.map(Some),
+                200 => {
+                    if resp.content_length().is_some_and(|n| n > self.max_body) {
+                        return Err(UpstreamError::Transfer(format!(
+                            "body larger than the {} byte limit",
+                            self.max_body
+                        )));
+                    }
+                    Ok(Some(resp))
+                }
                 404 | 410 | 451 => Ok(None),
                 _ => Err(status_error(&resp)),
             }
         }
         .await;
-        self.observe(UpstreamKind::Crate, started, &r);
-        r
+        match r {
+            Ok(Some(resp)) => Ok(Some(CrateDownload {
+                up: self,
+                len: resp.content_length(),
+                resp,
+                started,
+                read: 0,
+            })),
+            other => {
+                self.observe(UpstreamKind::Crate, started, &other);
+                other.map(|_| None)
+            }
+        }
     }
 
     async fn read_body(&self, mut resp: reqwest::Response) -> Result<Bytes, UpstreamError> {

@@ -463,3 +463,73 @@ async fn tokens_never_reach_logs_and_host_header_is_ignored() {
         "a presented token appeared in the log"
     );
 }
+
+/// Large cold crates stream to the client while being hashed; the end of the file is held
+/// back until the checksum matched, so a bad upstream never yields a complete response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_cold_crates_stream_and_bad_ones_abort() {
+    let up = FakeUpstream::start().await;
+    publish_graph(&up);
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = wharf_config(&up, data.path());
+    cfg.cache.hot_crate_max_item = 64; // every test crate counts as "large"
+    let w = Wharf::start(&cfg).await;
+    let good = make_crate(
+        "beta",
+        "0.2.0",
+        &[dep("gamma_util", "^1")],
+        &[("fast", &[])],
+    );
+
+    // A wrong byte: the transfer breaks (no complete 200 body), nothing is cached.
+    up.fault("/files/", Fault::WrongBytes, Some(1));
+    // Streaming had started, so the failure is a broken transfer (before or after the
+    // headers were flushed), never a 502 page and never a complete body.
+    let sent = client()
+        .get(format!("{}/api/v1/crates/beta/0.2.0/download", w.url))
+        .send()
+        .await;
+    match sent {
+        Err(_) => {}
+        Ok(r) => {
+            assert_eq!(r.status(), 200, "the large crate was not streamed");
+            assert!(
+                r.bytes().await.is_err(),
+                "a corrupt crate was delivered as a complete response"
+            );
+        }
+    }
+    assert!(!data.path().join("crates-v1/be/ta/beta").exists());
+
+    // Good bytes: streamed (a miss with the announced length), identical, then cached.
+    let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wharf-cache"], "miss");
+    assert_eq!(
+        r.headers()["content-length"],
+        good.bytes.len().to_string().as_str()
+    );
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.bytes().await.unwrap(), good.bytes);
+    let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(r.bytes().await.unwrap(), good.bytes);
+
+    // Coalescing still holds with streaming: one upstream request for 20 clients.
+    up.fault("/files/", Fault::Delay(Duration::from_millis(300)), Some(1));
+    let before = up.count("/files/");
+    let c = client();
+    let url = format!("{}/api/v1/crates/gamma_util/1.2.0/download", w.url);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { c.get(url).send().await.unwrap().bytes().await.unwrap() })
+        })
+        .collect();
+    let want = make_crate("gamma_util", "1.2.0", &[], &[]).bytes;
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), want);
+    }
+    assert_eq!(up.count("/files/"), before + 1);
+    w.running.shutdown().await.unwrap();
+}

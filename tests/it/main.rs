@@ -716,6 +716,8 @@ async fn serves_https_with_h2_to_cargo() {
     }
     let mut cfg = wharf_config(&up, &data.path().join("store"));
     cfg.server.tls = Some((dir.join("cert.pem"), dir.join("key.pem")));
+    // Every crate streams from upstream to cargo (over h2) while being verified.
+    cfg.cache.hot_crate_max_item = 64;
     let w = Wharf::start(&cfg).await;
     assert!(w.url.starts_with("https://127.0.0.1:"), "{}", w.url);
 
