@@ -373,7 +373,6 @@ async fn read_only_data_dir_serves_hits_and_refuses_crate_misses() {
 
 #[tokio::test]
 async fn tokens_never_reach_logs_and_host_header_is_ignored() {
-    use tokio::io::AsyncBufReadExt;
     let up = FakeUpstream::start().await;
     let data = tempfile::tempdir().unwrap();
     let tok = wharf::registry::tokens::create(
@@ -385,34 +384,19 @@ async fn tokens_never_reach_logs_and_host_header_is_ignored() {
     )
     .await
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+    let mut w = spawn_wharf_binary(
+        data.path(),
+        &[
             "--upstream",
             &up.index_url(),
-        ])
-        .args(["--public-url", "http://wharf.internal:8080"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "trace")
-        .env("NO_COLOR", "1")
-        .env_remove("WHARF_CONFIG")
-        .current_dir(data.path())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = String::new();
-    while let Some(l) = lines.next_line().await.unwrap() {
-        if let Some(rest) = l.split("listening on http://").nth(1) {
-            addr = rest.split_whitespace().next().unwrap().to_owned();
-            break;
-        }
-    }
-    let base = format!("http://{addr}");
+            "--public-url",
+            "http://wharf.internal:8080",
+        ],
+        "trace",
+    )
+    .await;
+    // The log announces the bound address; config.json carries the public URL.
+    let base = w.url.clone();
     let wrong = "wharf_0123456789abcdef0123456789abcdef01234567";
     let c = client();
     let r = c
@@ -442,17 +426,8 @@ async fn tokens_never_reach_logs_and_host_header_is_ignored() {
         .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["dl"], "http://wharf.internal:8080/api/v1/crates");
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut log = String::new();
-    while let Ok(Some(l)) = lines.next_line().await {
-        log.push_str(&l);
-        log.push('\n');
-    }
-    let _ = child.wait().await;
+    assert!(w.terminate().await.success());
+    let log = (&mut w.log).await.unwrap();
     assert!(
         log.contains("/t/<token>/private/index/config.json"),
         "{log}"

@@ -5,44 +5,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
-
 use super::support::*;
 
-struct Child {
-    proc: tokio::process::Child,
-    url: String,
+async fn spawn_wharf(data: &Path, upstream: &str) -> WharfProcess {
+    spawn_wharf_binary(data, &["--upstream", upstream], "info,wharf::access=off").await
 }
 
-async fn spawn_wharf(data: &Path, upstream: &str) -> Child {
-    let mut proc = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .arg("--data-dir")
-        .arg(data)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info,wharf::access=off")
-        .env_remove("WHARF_CONFIG")
-        .current_dir(data)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(proc.stderr.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let url = first
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first}"))
-        .trim_matches(|c: char| !c.is_ascii_graphic())
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Child { proc, url }
-}
-
-async fn kill9(c: &mut Child) {
-    c.proc.start_kill().unwrap(); // SIGKILL
-    let _ = c.proc.wait().await;
+async fn kill9(c: &mut WharfProcess) {
+    c.kill9().await;
 }
 
 async fn verify_ok(data: &Path) {

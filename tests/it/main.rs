@@ -575,76 +575,28 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
 /// The binary: first log line names the address; SIGTERM drains and exits 0.
 #[tokio::test]
 async fn binary_announces_address_and_exits_cleanly_on_sigterm() {
-    use tokio::io::AsyncBufReadExt;
     let up = FakeUpstream::start().await;
     publish_graph(&up);
     let data = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.index_url(),
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("WHARF_CONFIG")
-        .current_dir(data.path())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let plain = strip_ansi(&first);
-    let url = plain
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("first line does not announce the address: {plain}"))
-        .to_owned();
+    let mut w = spawn_wharf_binary(data.path(), &["--upstream", &up.index_url()], "info").await;
     assert!(
-        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
-        "{url}"
+        w.first_line.contains("listening on http://"),
+        "the first log line must announce the address: {}",
+        w.first_line
+    );
+    assert!(
+        w.url.starts_with("http://127.0.0.1:") && !w.url.ends_with(":0"),
+        "{}",
+        w.url
     );
     let r = client()
-        .get(format!("{url}/index/be/ta/beta"))
+        .get(format!("{}/index/be/ta/beta", w.url))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let pid = child.id().unwrap().to_string();
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("wharf did not exit after SIGTERM")
-        .unwrap();
+    let status = w.terminate().await;
     assert!(status.success(), "exit status {status}");
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Against the real upstream; run by hand: `cargo test -- --ignored`.

@@ -491,6 +491,8 @@ impl Wharf {
 }
 
 pub fn client() -> reqwest::Client {
+    // Whichever test runs first, the rustls provider must be installed before a client.
+    wharf::upstream::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -652,4 +654,103 @@ pub fn cert_chain() -> (String, String, String) {
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
     (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// The real `wharf` binary, started with `serve --listen 127.0.0.1:0 --data-dir DATA` plus
+/// `extra` arguments; its URL is read from the first log line, which must announce it.
+pub struct WharfProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    /// The first line the process logged.
+    pub first_line: String,
+    /// Every later stderr line, returned once the process has exited.
+    pub log: tokio::task::JoinHandle<String>,
+}
+
+pub async fn spawn_wharf_binary(data: &Path, extra: &[&str], rust_log: &str) -> WharfProcess {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .env_remove("WHARF_CONFIG")
+        .current_dir(data)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // At trace level other crates may log first; at info the announcement is line one.
+    let mut first_line = None;
+    let mut before = String::new();
+    let url = loop {
+        let line =
+            strip_ansi(&lines.next_line().await.unwrap().unwrap_or_else(|| {
+                panic!("wharf exited without announcing its address:\n{before}")
+            }));
+        first_line.get_or_insert_with(|| line.clone());
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        before.push_str(&line);
+        before.push('\n');
+    };
+    let first_line = first_line.unwrap_or_default();
+    let log = tokio::spawn(async move {
+        let mut all = before;
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    WharfProcess {
+        child,
+        url,
+        first_line,
+        log,
+    }
+}
+
+impl WharfProcess {
+    /// SIGTERM, then the exit status (graceful shutdown must finish within 20 s).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("wharf did not exit after SIGTERM")
+            .unwrap()
+    }
+
+    /// SIGKILL, as a crash.
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
