@@ -456,28 +456,30 @@ async fn large_cold_crates_stream_and_bad_ones_abort() {
         &[("fast", &[])],
     );
 
-    // A wrong byte: the transfer breaks (no complete 200 body), nothing is cached.
-    up.fault("/files/", Fault::WrongBytes, Some(1));
-    // Streaming had started, so the failure is a broken transfer (before or after the
-    // headers were flushed), never a 502 page and never a complete body.
-    let sent = client()
-        .get(format!("{}/api/v1/crates/beta/0.2.0/download", w.url))
-        .send()
-        .await;
-    match sent {
-        Err(_) => {}
-        Ok(r) => {
-            assert_eq!(r.status(), 200, "the large crate was not streamed");
-            assert!(
-                r.bytes().await.is_err(),
-                "a corrupt crate was delivered as a complete response"
-            );
-        }
-    }
+    let url = format!("{}/api/v1/crates/beta/0.2.0/download", w.url);
+    let guard = Duration::from_secs(10); // only against hangs, not a timing assertion
+
+    // The upstream sends half and stalls: headers reaching the client now prove streaming.
+    // The second half is corrupt: the transfer breaks, nothing is cached.
+    up.fault("/files/", Fault::Gate { corrupt: true }, Some(1));
+    let r = tokio::time::timeout(guard, client().get(&url).send())
+        .await
+        .expect("no headers while upstream stalls: the crate was not streamed")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    up.open_gate();
+    assert!(
+        r.bytes().await.is_err(),
+        "a corrupt crate was delivered as a complete response"
+    );
     assert!(!data.path().join("crates-v1/be/ta/beta").exists());
 
-    // Good bytes: streamed (a miss with the announced length), identical, then cached.
-    let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
+    // Good bytes, streamed the same way: identical, with the announced length, then cached.
+    up.fault("/files/", Fault::Gate { corrupt: false }, Some(1));
+    let r = tokio::time::timeout(guard, client().get(&url).send())
+        .await
+        .expect("no headers while upstream stalls: the crate was not streamed")
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-wharf-cache"], "miss");
     assert_eq!(
@@ -485,6 +487,7 @@ async fn large_cold_crates_stream_and_bad_ones_abort() {
         good.bytes.len().to_string().as_str()
     );
     assert!(r.headers().get("content-encoding").is_none());
+    up.open_gate();
     assert_eq!(r.bytes().await.unwrap(), good.bytes);
     let r = w.get("/api/v1/crates/beta/0.2.0/download").await;
     assert_eq!(r.headers()["x-wharf-cache"], "hit");

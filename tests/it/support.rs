@@ -155,6 +155,11 @@ pub enum Fault {
     WrongBytes,
     /// Announces the full Content-Length but sends only half of the crate.
     Truncated,
+    /// Sends half of the crate, then waits for [`FakeUpstream::open_gate`] before sending
+    /// the rest (corrupted when `corrupt`).
+    Gate {
+        corrupt: bool,
+    },
     /// Omits ETag (and Last-Modified) on index responses.
     NoEtag,
 }
@@ -176,6 +181,7 @@ struct State {
     rules: Mutex<Vec<Rule>>,
     down: AtomicBool,
     down_tx: tokio::sync::watch::Sender<bool>,
+    gate: Arc<tokio::sync::Notify>,
     seen_if_none_match: Mutex<Vec<String>>,
 }
 
@@ -278,6 +284,11 @@ impl FakeUpstream {
             fault,
             remaining: times,
         });
+    }
+
+    /// Lets a `Fault::Gate` response finish.
+    pub fn open_gate(&self) {
+        self.state.gate.notify_one();
     }
 
     /// Cuts (true) or restores (false) the network to the fake upstream.
@@ -421,6 +432,28 @@ async fn serve(st: &State, addr: SocketAddr, req: Request<Incoming>) -> Response
                 let mid = b.len() / 2;
                 b[mid] ^= 0xff;
                 full(StatusCode::OK, b)
+            }
+            Some(Fault::Gate { corrupt }) => {
+                let half = v.bytes.len() / 2;
+                let first = v.bytes.slice(..half);
+                let mut rest = v.bytes.slice(half..).to_vec();
+                if corrupt {
+                    rest[0] ^= 0xff;
+                }
+                let gate = st.gate.clone();
+                let frames = futures_util::StreamExt::chain(
+                    futures_util::stream::once(async move {
+                        Ok::<_, std::io::Error>(Frame::data(first))
+                    }),
+                    futures_util::stream::once(async move {
+                        gate.notified().await;
+                        Ok(Frame::data(Bytes::from(rest)))
+                    }),
+                );
+                let mut r = Response::new(StreamBody::new(frames).boxed());
+                r.headers_mut()
+                    .insert("content-length", v.bytes.len().to_string().parse().unwrap());
+                r
             }
             Some(Fault::Truncated) => {
                 let mut r = full(StatusCode::OK, v.bytes.slice(..v.bytes.len() / 2));
