@@ -389,16 +389,15 @@ async fn upstream_faults_are_5xx_never_404() {
     let r = w.get("/index/be/ta/beta").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "2");
-    // Slower than wharf's 2 s upstream timeout: 504, and no hang.
+    // Slower than wharf's 2 s upstream timeout: 504 (had wharf waited, the fake would have
+    // answered 200 after 5 s).
     up.fault(
         "/index/be/ta/beta",
         Fault::Delay(Duration::from_secs(5)),
         Some(1),
     );
-    let started = std::time::Instant::now();
     let r = w.get("/index/be/ta/beta").await;
     assert_eq!(r.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(4));
     up.set_down(true);
     let r = w.get("/index/be/ta/beta").await;
     assert_eq!(r.status(), 502);
