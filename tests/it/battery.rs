@@ -8,22 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::publish_graph;
 use super::support::*;
 
-/// Sends raw bytes, returns the status code of the answer (0 if the connection closed).
-async fn raw(addr: std::net::SocketAddr, req: &[u8]) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(req).await;
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("no answer")
-        .unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn hostile_http_shapes_get_clear_4xx() {
     let up = FakeUpstream::start().await;
@@ -61,7 +45,7 @@ async fn hostile_http_shapes_get_clear_4xx() {
         (b"GARBAGE\r\n\r\n".to_vec(), &[400]),
     ];
     for (req, want) in cases {
-        let got = raw(a, &req).await;
+        let got = raw_status(a, &req).await;
         assert!(
             want.contains(&got),
             "{:?}: got {got}, want {want:?}",
@@ -247,37 +231,12 @@ async fn damaged_stored_index_is_refetched_and_missing_data_dir_created() {
     assert!(err.to_string().contains("data directory"), "{err}");
 }
 
-/// A tmpfs mount of a few hundred KiB as the data directory (needs root; CI runs as root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn disk_full_fails_cleanly_and_recovers() {
     let up = FakeUpstream::start().await;
     publish_graph(&up);
     let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let Some(_mnt) = Tmpfs::mount(&data, "512k") else {
-        // Only possible without root; CI runs as root, so this branch does not hide failures there.
-        assert_ne!(unsafe_uid(), 0, "root but tmpfs mount failed");
-        eprintln!("skipping: mounting tmpfs needs root");
+    let Some((_mnt, data)) = Tmpfs::data_dir(root.path(), "512k") else {
         return;
     };
     let w = Wharf::start(&wharf_config(&up, &data)).await;
@@ -302,8 +261,9 @@ async fn disk_full_fails_cleanly_and_recovers() {
             .unwrap()
             .contains("could not store")
     );
-    let leftovers: Vec<_> = walk(&data)
+    let leftovers: Vec<_> = files_under(&data)
         .into_iter()
+        .map(|(p, _)| p.display().to_string())
         .filter(|p| p.contains(".tmp.") || p.contains("gamma_util-1.2.0"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -319,40 +279,12 @@ async fn disk_full_fails_cleanly_and_recovers() {
     w.running.shutdown().await.unwrap();
 }
 
-fn unsafe_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(0)
-}
-
-fn walk(p: &std::path::Path) -> Vec<String> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            v.extend(walk(&e.path()));
-        } else {
-            v.push(e.path().display().to_string());
-        }
-    }
-    v
-}
-
 #[tokio::test]
 async fn read_only_data_dir_serves_hits_and_refuses_crate_misses() {
     let up = FakeUpstream::start().await;
     publish_graph(&up);
     let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let Some(_mnt) = Tmpfs::mount(&data, "4m") else {
-        assert_ne!(unsafe_uid(), 0, "root but tmpfs mount failed");
-        eprintln!("skipping: mounting tmpfs needs root");
+    let Some((_mnt, data)) = Tmpfs::data_dir(root.path(), "4m") else {
         return;
     };
     let w = Wharf::start(&wharf_config(&up, &data)).await;

@@ -174,6 +174,12 @@ async fn corrupt_upstream_bytes_are_refused_and_never_cached() {
     let data = tempfile::tempdir().unwrap();
     let w = Wharf::start(&wharf_config(&up, data.path())).await;
     let good = make_crate("gamma_util", "1.2.0", &[], &[]);
+    let store_has_crate = |data: &std::path::Path, name: &str| {
+        files_under(data).iter().any(|(p, _)| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.contains(name) && f.ends_with(".crate")
+        })
+    };
 
     up.fault("/files/", Fault::WrongBytes, Some(1));
     let r = w.get("/api/v1/crates/gamma_util/1.2.0/download").await;
@@ -218,25 +224,6 @@ async fn corrupt_upstream_bytes_are_refused_and_never_cached() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), good.bytes);
     w.running.shutdown().await.unwrap();
-}
-
-fn store_has_crate(data: &std::path::Path, name: &str) -> bool {
-    fn walk(p: &std::path::Path, name: &str) -> bool {
-        std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, name)
-                } else {
-                    let f = e.file_name().to_string_lossy().to_string();
-                    f.contains(name) && f.contains(".crate")
-                }
-            })
-    }
-    walk(data, name)
 }
 
 #[tokio::test]
@@ -538,7 +525,8 @@ async fn bad_paths_are_refused_without_touching_upstream_or_disk() {
     ];
     for p in cases {
         // Raw request: no client-side normalisation of `..` or escapes.
-        let status = raw_get(w.running.addr, p).await;
+        let req = format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let status = raw_status(w.running.addr, req.as_bytes()).await;
         assert!(
             status == 400 || status == 404,
             "{p}: status {status}, expected 400/404"
@@ -554,21 +542,6 @@ async fn bad_paths_are_refused_without_touching_upstream_or_disk() {
         .unwrap();
     assert_eq!(r.status(), 405);
     w.running.shutdown().await.unwrap();
-}
-
-async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The binary: first log line names the address; SIGTERM drains and exits 0.

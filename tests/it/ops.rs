@@ -280,21 +280,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Bytes in `p`, not counting temp files (as the store counts).
 fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                dir_size(&path)
-            } else if e.file_name().to_string_lossy().starts_with('.') {
-                0
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
+    files_under(p)
+        .iter()
+        .filter(|(f, _)| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .map(|(_, n)| n)
         .sum()
 }
 

@@ -787,3 +787,76 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Sends raw bytes to `addr` and returns the status code of the answer (0 if the
+/// connection closed without one). No client-side normalisation of the request.
+pub async fn raw_status(addr: SocketAddr, req: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(req).await;
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every file under `p` (recursively) with its size.
+pub fn files_under(p: &Path) -> Vec<(PathBuf, u64)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            v.extend(files_under(&path));
+        } else {
+            let n = e.metadata().map(|m| m.len()).unwrap_or(0);
+            v.push((path, n));
+        }
+    }
+    v
+}
+
+/// A tmpfs mounted over a fresh `data` directory under `root`, unmounted on drop. `None`
+/// (with a note) only when not running as root; as root a failed mount fails the test.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn data_dir(root: &Path, size: &str) -> Option<(Self, PathBuf)> {
+        let dir = root.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some((Self(dir.clone()), dir));
+        }
+        assert_ne!(uid(), 0, "running as root, yet the tmpfs mount failed");
+        eprintln!("skipping: mounting tmpfs needs root (CI runs as root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0)
+}
