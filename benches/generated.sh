@@ -112,19 +112,11 @@ DURATION=${DURATION:-10s} "$bench/micro.sh" \
   "http://127.0.0.1:$port/index/bi/gi/bigindex" "http://127.0.0.1:$floor/index/bi/gi/bigindex" \
   "http://127.0.0.1:$port/api/v1/crates/$cn/$cv/download" "http://127.0.0.1:$floor/crates/$cn/$cname.crate"
 
-cat >"$work/mix.lua" <<'LUA'
-local paths = {}
-function init(args)
-  for line in io.lines(args[1]) do paths[#paths + 1] = line end
-  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
-end
-function request() return wrk.format("GET", paths[math.random(#paths)]) end
-LUA
 echo
 echo "load: 256 connections, random mix of all $count URLs, ${LOAD_DURATION:-20s}"
 for target in "wharf http://127.0.0.1:$port $work/wharf-urls" "nginx http://127.0.0.1:$floor $work/nginx-urls"; do
   set -- $target
-  out=$(wrk -t2 -c256 -d"${LOAD_DURATION:-20s}" --latency -s "$work/mix.lua" "$2" -- "$3")
+  out=$(wrk -t2 -c256 -d"${LOAD_DURATION:-20s}" --latency -s "$here/mix.lua" "$2" -- "$3")
   printf '  %-5s %s req/s, p50 %s, p99 %s, non-2xx %s\n' "$1" \
     "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
     "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(awk '/Non-2xx/ {print $NF}' <<<"$out" | grep . || echo 0)"

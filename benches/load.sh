@@ -64,22 +64,12 @@ while read -r n v; do
 done <"$work/crates"
 echo "load: $(wc -l <"$work/urls") URLs, $((total - 10)) crates warm, 10 cold; $conns connections for $duration"
 
-cat >"$work/mix.lua" <<'LUA'
-local paths = {}
-function init(args)
-  for line in io.lines(args[1]) do paths[#paths + 1] = line end
-  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
-end
-function request()
-  return wrk.format("GET", paths[math.random(#paths)])
-end
-LUA
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$bpid/status"; }
 echo "B RSS before: $(rss) kB"
 ( while kill -0 "$bpid" 2>/dev/null; do sleep 5; echo "B RSS: $(rss) kB"; done ) &
 sampler=$!
-wrk -t2 -c"$conns" -d"$duration" --latency -s "$work/mix.lua" "http://127.0.0.1:$pb" -- "$work/urls"
+wrk -t2 -c"$conns" -d"$duration" --latency -s "$here/mix.lua" "http://127.0.0.1:$pb" -- "$work/urls"
 kill "$sampler" 2>/dev/null || true
 echo "B RSS after: $(rss) kB"
 curl -s "http://127.0.0.1:$pb/metrics" | grep -E '^wharf_(requests_total|cache_events_total|upstream_requests_total)' | sort
